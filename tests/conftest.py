@@ -1,0 +1,25 @@
+"""Test configuration: float64 everywhere (theory checks need it) and a seeded key fixture."""
+
+import jax
+import numpy as np
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+
+import lsa  # noqa: E402,F401  (importing lsa also enables float64)
+
+
+@pytest.fixture
+def key() -> jax.Array:
+    return jax.random.PRNGKey(20240521)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20240521)
+
+
+@pytest.fixture
+def aniso_lambda() -> np.ndarray:
+    """Anisotropic, non-diagonal Lambda (d = 4, eigenvalues spread 10x, Haar rotation)."""
+    return np.asarray(lsa.rotated_covariance(np.array([0.4, 0.9, 1.7, 4.0]), jax.random.PRNGKey(7)))
