@@ -11,12 +11,15 @@ jax.config.update("jax_enable_x64", True)
 from ._validate import TheoremCoverageWarning  # noqa: E402
 from .loss import (  # noqa: E402
     PromptStats,
+    QuadraticLoss,
     empirical_loss,
     empirical_predict,
     gamma_matrix,
     population_loss,
     population_loss_grad,
     prompt_stats,
+    quadratic_form_loss,
+    quadratic_loss,
     reduced_loss,
 )
 from .model import (  # noqa: E402
@@ -44,6 +47,7 @@ __all__ = [
     "Init",
     "PromptDistribution",
     "PromptStats",
+    "QuadraticLoss",
     "Prompts",
     "Reduced",
     "TheoremCoverageWarning",
@@ -59,6 +63,8 @@ __all__ = [
     "predict",
     "predict_prompt",
     "prompt_stats",
+    "quadratic_form_loss",
+    "quadratic_loss",
     "random_orthogonal",
     "random_theta",
     "reduced_loss",
