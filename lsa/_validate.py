@@ -101,7 +101,8 @@ def warn_sigma(sigma: float, sigma_max: float) -> None:
     if sigma >= sigma_max:
         warnings.warn(
             f"sigma = {sigma:.6g} >= sigma_max = {sigma_max:.6g}: Theorem 4.1 of Zhang, Frei & "
-            "Bartlett does not cover this initialisation (it needs sigma^2 ||Gamma||_op sqrt(d) < 2). "
+            "Bartlett does not cover this initialisation "
+            "(it needs sigma^2 ||Gamma||_op sqrt(d) < 2). "
             "The run goes ahead, but convergence to the global minimum is not guaranteed.",
             TheoremCoverageWarning,
             stacklevel=3,

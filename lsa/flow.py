@@ -33,6 +33,7 @@ reported as a failure with diagnostics (`FlowError`), never as a quiet number.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -405,7 +406,7 @@ def reduced_vector_field(
     GLUL = G @ Lam @ U @ Lam
     dU = -(u**2) * GLUL + u * Lam @ Lam
     du = -jnp.trace(u * GLUL @ U.T - Lam @ Lam @ U.T)
-    return dU, du
+    return jnp.asarray(dU), du
 
 
 def _eig_parts(y, args):
@@ -507,9 +508,7 @@ def _solve_eig(
 
 @eqx.filter_jit
 def _solve_direct(y0, args, ts, t1, dt0, rtol, atol, solver, *, use_event, max_steps, progress):
-    event = (
-        diffrax.Event(_stop_cond(_direct_vf, slice(None), _direct_rate)) if use_event else None
-    )
+    event = diffrax.Event(_stop_cond(_direct_vf, slice(None), _direct_rate)) if use_event else None
     return diffrax.diffeqsolve(
         diffrax.ODETerm(_direct_vf),
         solver,
@@ -601,9 +600,7 @@ def gradient_flow(
         R = gam[:, None] * lam[:, None] * lam[None, :]
         c_d = gam * lam**2
         mask = ~np.eye(d, dtype=bool)
-        table = ExpSumTable.build(
-            R[mask], np.stack([(R * off**2)[mask], (off**2)[mask]], axis=1)
-        )
+        table = ExpSumTable.build(R[mask], np.stack([(R * off**2)[mask], (off**2)[mask]], axis=1))
         args = (
             jnp.asarray(lam**2),
             jnp.asarray(c_d),
@@ -615,16 +612,35 @@ def gradient_flow(
         y0 = jnp.asarray(np.concatenate([p0, [u0, 0.0]]))
         newton_atol = method.newton_atol_factor * min(sigma**2, 1.0)
         sol = _solve_eig(
-            y0, args, jnp.asarray(ts), t1, dt0, rtol, atol, method.newton_rtol, newton_atol,
-            use_event=use_event, max_steps=options.max_steps, progress=options.progress,
-        )  # fmt: skip
+            y0,
+            args,
+            jnp.asarray(ts),
+            t1,
+            dt0,
+            rtol,
+            atol,
+            method.newton_rtol,
+            newton_atol,
+            use_event=use_event,
+            max_steps=options.max_steps,
+            progress=options.progress,
+        )
     else:
-        args = (jnp.asarray(lam_np), float(N), r_coef, options.eps)
+        dargs = (jnp.asarray(lam_np), float(N), r_coef, options.eps)
         y0 = jnp.asarray(np.concatenate([U0.reshape(-1), [u0]]))
         sol = _solve_direct(
-            y0, args, jnp.asarray(ts), t1, dt0, rtol, atol, method.solver,
-            use_event=use_event, max_steps=options.max_steps, progress=options.progress,
-        )  # fmt: skip
+            y0,
+            dargs,
+            jnp.asarray(ts),
+            t1,
+            dt0,
+            rtol,
+            atol,
+            method.solver,
+            use_event=use_event,
+            max_steps=options.max_steps,
+            progress=options.progress,
+        )
     jax.block_until_ready(sol.ys)
     wall = time.perf_counter() - t_start
 
@@ -682,15 +698,12 @@ def gradient_flow(
     if isinstance(method, EigenMethod):
         u_traj = ys[:, -2]
 
-        def U_fn(i: int, _ys=ys, _off=off, _R=R, _Q=Q) -> np.ndarray:
-            V = _off * np.exp(-_R * _ys[i, -1]) + np.diag(_ys[i, :-2])
-            return _Q @ V @ _Q.T
+        U_fn: Callable[[int], np.ndarray] = functools.partial(_U_eig, ys, off, R, Q)
 
     else:
         u_traj = ys[:, -1]
 
-        def U_fn(i: int, _ys=ys) -> np.ndarray:
-            return _ys[i, :-1].reshape(d, d)
+        U_fn = functools.partial(_U_direct, ys, d)
 
     U_final = U_fn(len(ts_out) - 1)
     return FlowResult(
@@ -707,6 +720,16 @@ def gradient_flow(
         method=method.name,
         _U_fn=U_fn,
     )
+
+
+def _U_eig(ys: np.ndarray, off: np.ndarray, R: np.ndarray, Q: np.ndarray, i: int) -> np.ndarray:
+    """U at saved row i: closed-form off-diagonals `V_ij(0) exp(-c_ij s)` plus the diagonal."""
+    V = off * np.exp(-R * ys[i, -1]) + np.diag(ys[i, :-2])
+    return Q @ V @ Q.T
+
+
+def _U_direct(ys: np.ndarray, d: int, i: int) -> np.ndarray:
+    return ys[i, :-1].reshape(d, d)
 
 
 def _is_balanced(u0: float, U0: np.ndarray) -> bool:
@@ -817,9 +840,17 @@ def empirical_flow(
     y0 = (jnp.asarray(W_PV), jnp.asarray(W_KQ))
     t_start = time.perf_counter()
     sol = _solve_emp(
-        y0, stats, jnp.asarray(ts), float(t_end), t_end * 1e-6, rtol, atol, 1e-9,
-        max_steps=max_steps, progress=progress,
-    )  # fmt: skip
+        y0,
+        stats,
+        jnp.asarray(ts),
+        float(t_end),
+        t_end * 1e-6,
+        rtol,
+        atol,
+        1e-9,
+        max_steps=max_steps,
+        progress=progress,
+    )
     jax.block_until_ready(sol.ys)
     wall = time.perf_counter() - t_start
     stats_out = {

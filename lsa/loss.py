@@ -29,10 +29,13 @@ __all__ = [
 ]
 
 
-def gamma_matrix(Lambda: Float[ArrayLike, "d d"], N: int | Float[ArrayLike, ""]) -> Float[Array, "d d"]:
+def gamma_matrix(
+    Lambda: Float[ArrayLike, "d d"], N: int | Float[ArrayLike, ""]
+) -> Float[Array, "d d"]:
     """`Gamma = (1 + 1/N) Lambda + (tr(Lambda)/N) I` [ZFB Thm 4.1], built from the training N."""
     Lambda = jnp.asarray(Lambda)
-    return (1.0 + 1.0 / N) * Lambda + (jnp.trace(Lambda) / N) * jnp.eye(Lambda.shape[0])
+    eye = jnp.eye(Lambda.shape[0])
+    return (1.0 + 1.0 / jnp.asarray(N)) * Lambda + (jnp.trace(Lambda) / N) * eye
 
 
 def reduced_loss(
@@ -79,7 +82,9 @@ class PromptStats(NamedTuple):
 
 
 def prompt_stats(
-    X: Float[ArrayLike, "B n d"], y: Float[ArrayLike, "B n"], x_q: Float[ArrayLike, "B d"],
+    X: Float[ArrayLike, "B n d"],
+    y: Float[ArrayLike, "B n"],
+    x_q: Float[ArrayLike, "B d"],
     y_q: Float[ArrayLike, " B"],
 ) -> PromptStats:
     """Precompute `S = E E^T / n` for each prompt (once, before training)."""

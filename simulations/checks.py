@@ -8,6 +8,7 @@ two independent computations. All numbers are float64.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -123,7 +124,9 @@ def _theta_of(init: lsa.Init) -> tuple[float, np.ndarray]:
 # ----------------------------------------------------------------------------------------
 
 
-def check_flow_limit(Lambda: np.ndarray, N: int, res: FlowResult, tol: float = 1e-8) -> list[CheckResult]:
+def check_flow_limit(
+    Lambda: np.ndarray, N: int, res: FlowResult, tol: float = 1e-8
+) -> list[CheckResult]:
     """(a) Theorem 4.1: the flow from Assumption 3.3 reaches eq. 4.1 and min L."""
     W_PV_star, W_KQ_star = theory.limit_weights(Lambda, N)
     Ginv = np.linalg.inv(theory.gamma(Lambda, N))
@@ -136,15 +139,33 @@ def check_flow_limit(Lambda: np.ndarray, N: int, res: FlowResult, tol: float = 1
     ):
         err = _rel(sim, pred)
         rows.append(
-            CheckResult(cid, what, "ZFB Thm 4.1", float(np.linalg.norm(pred)),
-                        float(np.linalg.norm(sim)), err, tol, "rel", err <= tol,
-                        {"t_final": res.t_final, "steps": res.stats["num_steps"]})
-        )  # fmt: skip
+            CheckResult(
+                cid,
+                what,
+                "ZFB Thm 4.1",
+                float(np.linalg.norm(pred)),
+                float(np.linalg.norm(sim)),
+                err,
+                tol,
+                "rel",
+                err <= tol,
+                {"t_final": res.t_final, "steps": res.stats["num_steps"]},
+            )
+        )
     err = abs(res.loss[-1] - minL) / abs(minL)
     rows.append(
-        CheckResult("a4", "L(T) -> min L = (tr Lambda - tr(Lambda^2 Gamma^-1))/2", "ZFB Lemma 5.3",
-                    minL, float(res.loss[-1]), err, tol, "rel", err <= tol)
-    )  # fmt: skip
+        CheckResult(
+            "a4",
+            "L(T) -> min L = (tr Lambda - tr(Lambda^2 Gamma^-1))/2",
+            "ZFB Lemma 5.3",
+            minL,
+            float(res.loss[-1]),
+            err,
+            tol,
+            "rel",
+            err <= tol,
+        )
+    )
     return rows
 
 
@@ -152,13 +173,22 @@ def check_balance(res: FlowResult, tol: float = 1e-9) -> CheckResult:
     """(b) Lemma A.3: u^2 - ||U||_F^2 is conserved (= 0 from the balanced start)."""
     drift = float(np.max(np.abs(res.balance - res.balance[0])))
     return CheckResult(
-        "b", "u^2 - ||U||_F^2 constant along the flow", "ZFB Lemma A.3", float(res.balance[0]),
-        float(res.balance[np.argmax(np.abs(res.balance - res.balance[0]))]), drift, tol, "abs",
-        drift <= tol, {"max_abs_balance": float(np.max(np.abs(res.balance)))},
-    )  # fmt: skip
+        "b",
+        "u^2 - ||U||_F^2 constant along the flow",
+        "ZFB Lemma A.3",
+        float(res.balance[0]),
+        float(res.balance[np.argmax(np.abs(res.balance - res.balance[0]))]),
+        drift,
+        tol,
+        "abs",
+        drift <= tol,
+        {"max_abs_balance": float(np.max(np.abs(res.balance)))},
+    )
 
 
-def check_lyapunov(Lambda: np.ndarray, N: int, init: lsa.Init, res: FlowResult) -> list[CheckResult]:
+def check_lyapunov(
+    Lambda: np.ndarray, N: int, init: lsa.Init, res: FlowResult
+) -> list[CheckResult]:
     """(c) The loss never increases; u(t) >= u_min (Lemma A.5); gap(t) <= e^{-mu t} gap(0)."""
     sigma, Theta = _theta_of(init)
     minL = theory.min_loss(Lambda, N)
@@ -173,17 +203,52 @@ def check_lyapunov(Lambda: np.ndarray, N: int, init: lsa.Init, res: FlowResult) 
     l0 = float(res.loss[0] - 0.5 * np.trace(Lambda))
     bound0 = theory.init_loss_bound(sigma, Theta, Lambda, N)
     return [
-        CheckResult("c1", "loss non-increasing along the flow", "ZFB eq. 3.9 (gradient flow)",
-                    0.0, incr, incr, rounding, "ineq", incr <= rounding),
-        CheckResult("c2", "l~(0) < 0 and l~(0) <= Lemma A.4 bound", "ZFB Lemma A.4", bound0, l0,
-                    l0 - bound0, 0.0, "ineq", (l0 < 0) and (l0 <= bound0)),
-        CheckResult("c3", "u(t) >= u_min for all saved t", "ZFB Lemma A.5", u_min,
-                    float(np.min(res.u)), u_min - float(np.min(res.u)), 0.0, "ineq",
-                    float(np.min(res.u)) >= u_min),
-        CheckResult("c4", "gap(t) <= exp(-mu t) gap(0) at every saved t", "ZFB Lemma 5.4, eq. 5.8",
-                    mu, float(np.max((gap - rounding) / np.maximum(env, 1e-300))), excess, 0.0,
-                    "ineq", excess <= 0.0, {"mu": mu}),
-    ]  # fmt: skip
+        CheckResult(
+            "c1",
+            "loss non-increasing along the flow",
+            "ZFB eq. 3.9 (gradient flow)",
+            0.0,
+            incr,
+            incr,
+            rounding,
+            "ineq",
+            incr <= rounding,
+        ),
+        CheckResult(
+            "c2",
+            "l~(0) < 0 and l~(0) <= Lemma A.4 bound",
+            "ZFB Lemma A.4",
+            bound0,
+            l0,
+            l0 - bound0,
+            0.0,
+            "ineq",
+            (l0 < 0) and (l0 <= bound0),
+        ),
+        CheckResult(
+            "c3",
+            "u(t) >= u_min for all saved t",
+            "ZFB Lemma A.5",
+            u_min,
+            float(np.min(res.u)),
+            u_min - float(np.min(res.u)),
+            0.0,
+            "ineq",
+            float(np.min(res.u)) >= u_min,
+        ),
+        CheckResult(
+            "c4",
+            "gap(t) <= exp(-mu t) gap(0) at every saved t",
+            "ZFB Lemma 5.4, eq. 5.8",
+            mu,
+            float(np.max((gap - rounding) / np.maximum(env, 1e-300))),
+            excess,
+            0.0,
+            "ineq",
+            excess <= 0.0,
+            {"mu": mu},
+        ),
+    ]
 
 
 # ----------------------------------------------------------------------------------------
@@ -203,18 +268,28 @@ def check_prediction_identity(
         p = dist.sample(jax.random.fold_in(key, i), n_prompts, M)
         E = lsa.embed(p.X, p.y, p.x_q)
         y_full = np.asarray(lsa.predict(E, W_PV, W_KQ))  # literal map, rho = M
-        y_thy = theory.trained_prediction(np.asarray(p.X), np.asarray(p.y), np.asarray(p.x_q),
-                                          Lambda, N)  # fmt: skip
+        y_thy = theory.trained_prediction(
+            np.asarray(p.X), np.asarray(p.y), np.asarray(p.x_q), Lambda, N
+        )
         scale = float(np.max(np.abs(y_thy)))
         err = float(np.max(np.abs(y_full - y_thy))) / scale
         Et = jnp.swapaxes(E, -1, -2)
         y_rhoN = np.asarray((E + W_PV @ E @ (Et @ W_KQ @ E) / N)[..., -1, -1])
         err_N = float(np.max(np.abs(y_rhoN - (M / N) * y_full))) / scale
-        rows.append(CheckResult(
-            f"d{i + 1}", f"full map = h^T Gamma^-1 x_q per prompt, M = {M}", "ZFB eq. 4.3",
-            0.0, err, err, 1e-10, "rel", err <= 1e-10 and err_N <= 1e-10,
-            {"M": M, "rho_N_is_M_over_N_times_err": err_N, "prompts": n_prompts},
-        ))  # fmt: skip
+        rows.append(
+            CheckResult(
+                f"d{i + 1}",
+                f"full map = h^T Gamma^-1 x_q per prompt, M = {M}",
+                "ZFB eq. 4.3",
+                0.0,
+                err,
+                err,
+                1e-10,
+                "rel",
+                err <= 1e-10 and err_N <= 1e-10,
+                {"M": M, "rho_N_is_M_over_N_times_err": err_N, "prompts": n_prompts},
+            )
+        )
     return rows
 
 
@@ -254,8 +329,13 @@ def mc_squared_error(
 
 
 def check_risk_mc(
-    Lambda: np.ndarray, N: int, res: FlowResult, M_values: Iterable[int], n_prompts: int,
-    key: jax.Array, z_max: float = 4.0,
+    Lambda: np.ndarray,
+    N: int,
+    res: FlowResult,
+    M_values: Iterable[int],
+    n_prompts: int,
+    key: jax.Array,
+    z_max: float = 4.0,
 ) -> tuple[list[CheckResult], list[dict[str, Any]]]:
     """(e) The trained weights' test risk at M != N: Monte Carlo on the full LSA map against the
     exact R(N, M) of theory.md §7.3 (no 1/2), |z| <= z_max.
@@ -278,13 +358,31 @@ def check_risk_mc(
         )  # predictions * (N/M) is what rho = N would have given
         z = (mean - R) / se
         z_mut = (mmean - R) / mse
-        rows.append(CheckResult(
-            f"e{i + 1}", f"MC risk of trained weights = R(N, M), M = {M}", "theory.md §7.3",
-            R, mean, z, z_max, "z", abs(z) <= z_max,
-            {"M": M, "se": se, "n": n_prompts, "z_if_rho_N": z_mut},
-        ))  # fmt: skip
-        table.append({"M": M, "theory": R, "mc_mean": mean, "mc_se": se, "z": z,
-                      "z_if_rho_N": z_mut, "n": n_prompts})  # fmt: skip
+        rows.append(
+            CheckResult(
+                f"e{i + 1}",
+                f"MC risk of trained weights = R(N, M), M = {M}",
+                "theory.md §7.3",
+                R,
+                mean,
+                z,
+                z_max,
+                "z",
+                abs(z) <= z_max,
+                {"M": M, "se": se, "n": n_prompts, "z_if_rho_N": z_mut},
+            )
+        )
+        table.append(
+            {
+                "M": M,
+                "theory": R,
+                "mc_mean": mean,
+                "mc_se": se,
+                "z": z,
+                "z_if_rho_N": z_mut,
+                "n": n_prompts,
+            }
+        )
     return rows, table
 
 
@@ -294,8 +392,13 @@ def check_risk_mc(
 
 
 def check_empirical(
-    Lambda: np.ndarray, N: int, init: lsa.Init, res: FlowResult, B_values: Iterable[int],
-    key: jax.Array, n_dense: int = 6,
+    Lambda: np.ndarray,
+    N: int,
+    init: lsa.Init,
+    res: FlowResult,
+    B_values: Iterable[int],
+    key: jax.Array,
+    n_dense: int = 4,
 ) -> tuple[list[CheckResult], list[dict[str, Any]]]:
     """(f) The empirical flow over all 2(d+1)^2 entries, on B prompts:
 
@@ -316,10 +419,15 @@ def check_empirical(
     starts = []
     for k in range(n_dense):
         k1, k2 = jax.random.split(jax.random.fold_in(key, 500 + k))
-        starts.append((jax.random.normal(k1, (d + 1, d + 1)) / math.sqrt(d + 1),
-                       jax.random.normal(k2, (d + 1, d + 1)) / math.sqrt(d + 1)))  # fmt: skip
+        starts.append(
+            (
+                jax.random.normal(k1, (d + 1, d + 1)) / math.sqrt(d + 1),
+                jax.random.normal(k2, (d + 1, d + 1)) / math.sqrt(d + 1),
+            )
+        )
     t_end = 2.0 * res.t_final
-    table, spurious = [], []
+    table: list[dict[str, Any]] = []
+    spurious: list[dict[str, Any]] = []
     for j, B in enumerate(B_values):
         p = dist.sample(jax.random.fold_in(key, 2000 + j), B, N, antithetic=True)
         q = lsa.quadratic_loss(lsa.prompt_stats(p.X, p.y, p.x_q, p.y_q))
@@ -329,57 +437,102 @@ def check_empirical(
             "B": B,
             "track_u_max_rel": _tracking_error(emp, res, u_star),
             "paper_init_uU_dist": _rel(emp.W_PV[-1, -1] * emp.W_KQ[:-1, :-1], Ginv),
-            "paper_init_ab_max": float(max(np.abs(emp.W_PV[-1, :-1]).max(),
-                                           np.abs(emp.W_KQ[-1, :-1]).max())),
-        }  # fmt: skip
+            "paper_init_ab_max": float(
+                max(np.abs(emp.W_PV[-1, :-1]).max(), np.abs(emp.W_KQ[-1, :-1]).max())
+            ),
+        }
         glob = []
         for k, (Wp0, Wk0) in enumerate(starts):
             gen = empirical_flow(q, Wp0, Wk0, t_end=8.0 * t_end)
             uU = gen.W_PV[-1, -1] * gen.W_KQ[:-1, :-1]
-            ab = np.outer(gen.W_PV[-1, :-1], gen.W_KQ[-1, :-1])
-            is_global = np.linalg.norm(ab) <= 1e-6 * np.linalg.norm(uU)
+            ab_mat = np.outer(gen.W_PV[-1, :-1], gen.W_KQ[-1, :-1])
+            is_global = np.linalg.norm(ab_mat) <= 1e-6 * np.linalg.norm(uU)
             if is_global:
                 glob.append(_rel(uU, Ginv))
             elif not spurious:
                 spurious.append(_certify_minimum(gen, q, B, k, float(gen.loss[-1])))
-        row.update({
-            "dense_global_fraction": len(glob) / len(starts),
-            "dense_init_uU_dist": float(np.median(glob)) if glob else float("nan"),
-            "seconds": time.perf_counter() - t0,
-        })  # fmt: skip
+        row.update(
+            {
+                "dense_global_fraction": len(glob) / len(starts),
+                "dense_init_uU_dist": float(np.median(glob)) if glob else float("nan"),
+                "seconds": time.perf_counter() - t0,
+            }
+        )
         table.append(row)
     tr = [r["track_u_max_rel"] for r in table]
     dn = [r["dense_init_uU_dist"] for r in table]
-    ab = max(r["paper_init_ab_max"] for r in table)
+    ab = float(max(r["paper_init_ab_max"] for r in table))
     sizes = [r["B"] for r in table]
-    ok_dn = all(np.isfinite(dn)) and all(b < a for a, b in zip(dn, dn[1:], strict=False))
-    slope = float(np.polyfit(np.log(sizes), np.log(dn), 1)[0]) if ok_dn and len(dn) > 1 else float("nan")
+    ok_dn = all(np.isfinite(dn)) and all(b < a for a, b in itertools.pairwise(dn))
+    slope = (
+        float(np.polyfit(np.log(sizes), np.log(dn), 1)[0])
+        if ok_dn and len(dn) > 1
+        else float("nan")
+    )
     frac = float(np.mean([r["dense_global_fraction"] for r in table]))
     rows = [
-        CheckResult("f1", "empirical flow from Assumption 3.3 tracks the reduced flow as B grows",
-                    "ZFB §3.3, eq. 3.7 vs 3.8", 0.0, tr[-1], tr[-1], tr[0], "trend",
-                    all(b < a for a, b in zip(tr, tr[1:], strict=False)),
-                    {"max_rel_u_deviation_by_B": dict(zip(sizes, tr, strict=True))}),
-        CheckResult("f2", "a = b = 0 kept exactly by the empirical flow (antithetic prompts)",
-                    "ZFB Lemma 5.2", 0.0, ab, ab, 1e-12, "abs", ab <= 1e-12),
-        CheckResult("f3", "dense random starts in the global basin: u U -> Gamma^-1 as B grows",
-                    "theory.md §5", -0.5, slope, dn[-1], dn[0], "trend", ok_dn,
-                    {"median_dist_by_B": dict(zip(sizes, dn, strict=True)), "loglog_slope": slope,
-                     "fraction_of_dense_starts_in_global_basin": frac}),
-    ]  # fmt: skip
+        CheckResult(
+            "f1",
+            "empirical flow from Assumption 3.3 tracks the reduced flow as B grows",
+            "ZFB §3.3, eq. 3.7 vs 3.8",
+            0.0,
+            tr[-1],
+            tr[-1],
+            tr[0],
+            "trend",
+            all(b < a for a, b in itertools.pairwise(tr)),
+            {"max_rel_u_deviation_by_B": dict(zip(sizes, tr, strict=True))},
+        ),
+        CheckResult(
+            "f2",
+            "a = b = 0 kept exactly by the empirical flow (antithetic prompts)",
+            "ZFB Lemma 5.2",
+            0.0,
+            ab,
+            ab,
+            1e-12,
+            "abs",
+            ab <= 1e-12,
+        ),
+        CheckResult(
+            "f3",
+            "dense random starts in the global basin: u U -> Gamma^-1 as B grows",
+            "theory.md §5",
+            -0.5,
+            slope,
+            dn[-1],
+            dn[0],
+            "trend",
+            ok_dn,
+            {
+                "median_dist_by_B": dict(zip(sizes, dn, strict=True)),
+                "loglog_slope": slope,
+                "fraction_of_dense_starts_in_global_basin": frac,
+            },
+        ),
+    ]
     if spurious:
         sp = spurious[0]
-        rows.append(CheckResult(
-            "f4", "finding: spurious local minimum with a, b != 0 reached from dense starts",
-            "beyond ZFB (Thm 4.1 covers Assumption 3.3 only)", min_L, sp["loss"],
-            sp["hessian_min_nonzero_eig"], 0.0, "ineq",
-            sp["hessian_min_nonzero_eig"] > 0 and sp["grad_norm"] < 1e-8, sp,
-        ))  # fmt: skip
+        rows.append(
+            CheckResult(
+                "f4",
+                "finding: spurious local minimum with a, b != 0 reached from dense starts",
+                "beyond ZFB (Thm 4.1 covers Assumption 3.3 only)",
+                min_L,
+                sp["loss"],
+                sp["hessian_min_nonzero_eig"],
+                0.0,
+                "ineq",
+                sp["hessian_min_nonzero_eig"] > 0 and sp["grad_norm"] < 1e-8,
+                sp,
+            )
+        )
     return rows, table
 
 
-def _certify_minimum(emp: EmpiricalResult, q: lsa.QuadraticLoss, B: int, seed: int,
-                     loss: float) -> dict[str, Any]:  # fmt: skip
+def _certify_minimum(
+    emp: EmpiricalResult, q: lsa.QuadraticLoss, B: int, seed: int, loss: float
+) -> dict[str, Any]:
     """Gradient norm and Hessian spectrum of the empirical loss on the relevant entries
     (last row of W_PV, first d columns of W_KQ) at an end point of the flow."""
     D = emp.W_PV.shape[0]
@@ -393,11 +546,16 @@ def _certify_minimum(emp: EmpiricalResult, q: lsa.QuadraticLoss, B: int, seed: i
     g = float(jnp.linalg.norm(jax.grad(f)(z)))
     ev = np.linalg.eigvalsh(np.asarray(jax.hessian(f)(z)))
     return {
-        "B": B, "dense_seed": seed, "loss": loss, "grad_norm": g,
-        "hessian_zero_eig": float(ev[0]), "hessian_min_nonzero_eig": float(ev[1]),
-        "a": emp.W_PV[-1, :-1].tolist(), "b": emp.W_KQ[-1, :-1].tolist(),
+        "B": B,
+        "dense_seed": seed,
+        "loss": loss,
+        "grad_norm": g,
+        "hessian_zero_eig": float(ev[0]),
+        "hessian_min_nonzero_eig": float(ev[1]),
+        "a": emp.W_PV[-1, :-1].tolist(),
+        "b": emp.W_KQ[-1, :-1].tolist(),
         "u": float(emp.W_PV[-1, -1]),
-    }  # fmt: skip
+    }
 
 
 def _tracking_error(emp: EmpiricalResult, red: FlowResult, u_star: float) -> float:
@@ -424,18 +582,23 @@ def run_core_checks(
     init = setting.init()
     t0 = time.perf_counter()
     res = gradient_flow(Lambda, N, init)
-    log(f"  reduced flow: {res.stats['num_steps']} steps, t_final = {res.t_final:.4g}, "
-        f"{time.perf_counter() - t0:.2f} s")  # fmt: skip
+    log(
+        f"  reduced flow: {res.stats['num_steps']} steps, t_final = {res.t_final:.4g}, "
+        f"{time.perf_counter() - t0:.2f} s"
+    )
     checks = check_flow_limit(Lambda, N, res)
     checks.append(check_balance(res))
     checks += check_lyapunov(Lambda, N, init, res)
     checks += check_prediction_identity(Lambda, N, setting.M_values, key)
     t0 = time.perf_counter()
-    rows, risk_table = check_risk_mc(Lambda, N, res, setting.M_values, setting.mc_prompts, key,
-                                     setting.z_max)  # fmt: skip
+    rows, risk_table = check_risk_mc(
+        Lambda, N, res, setting.M_values, setting.mc_prompts, key, setting.z_max
+    )
     checks += rows
-    log(f"  Monte Carlo risk: {len(setting.M_values)} test lengths x {setting.mc_prompts} prompts, "
-        f"{time.perf_counter() - t0:.2f} s")  # fmt: skip
+    log(
+        f"  Monte Carlo risk: {len(setting.M_values)} test lengths x {setting.mc_prompts} prompts, "
+        f"{time.perf_counter() - t0:.2f} s"
+    )
     t0 = time.perf_counter()
     rows, emp_table = check_empirical(Lambda, N, init, res, setting.B_values, key)
     checks += rows

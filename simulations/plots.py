@@ -4,15 +4,16 @@ figure can be restyled without recomputing anything."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-STYLE = {
+STYLE: Any = {
     "figure.dpi": 120,
     "savefig.dpi": 150,
     "font.size": 10,
@@ -93,8 +94,16 @@ def plot_risk_vs_M(curve: pd.DataFrame, mc: pd.DataFrame, meta: dict, path: Path
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
         ax.loglog(curve["M"], curve["R"], lw=2, label="exact R(N, M) (theory.md §7.3)")
         ax.loglog(curve["M"], curve["floor"], "k--", lw=1, label=r"floor $M\to\infty$ (O(1/N$^2$))")
-        ax.errorbar(mc["M"], mc["mc_mean"], yerr=2 * mc["mc_se"], fmt="o", color="C3", ms=5,
-                    capsize=3, label="Monte Carlo, full LSA map (±2 SE)")  # fmt: skip
+        ax.errorbar(
+            mc["M"],
+            mc["mc_mean"],
+            yerr=2 * mc["mc_se"],
+            fmt="o",
+            color="C3",
+            ms=5,
+            capsize=3,
+            label="Monte Carlo, full LSA map (±2 SE)",
+        )
         ax.axvline(meta["N"], color="gray", ls=":", lw=1)
         ax.text(meta["N"], ax.get_ylim()[1], " M = N", va="top", color="gray", fontsize=8)
         ax.set_xlabel("test prompt length M")
@@ -109,8 +118,12 @@ def plot_empirical(emp: pd.DataFrame, meta: dict, path: Path) -> Path:
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
         B = emp["B"].to_numpy(float)
-        ax.loglog(B, emp["dense_init_uU_dist"], "o-",
-                  label="dense random starts, global basin (median): ||uU - Γ⁻¹||/||Γ⁻¹||")
+        ax.loglog(
+            B,
+            emp["dense_init_uU_dist"],
+            "o-",
+            label="dense random starts, global basin (median): ||uU - Γ⁻¹||/||Γ⁻¹||",
+        )
         ax.loglog(B, emp["paper_init_uU_dist"], "s--", label="Assumption 3.3 start: same")
         ax.loglog(B, emp["track_u_max_rel"], "^-", label="max |u_emp(t) - u_pop(t)| / u*")
         ref = emp["dense_init_uU_dist"].iloc[0] * np.sqrt(B[0] / B)

@@ -16,8 +16,19 @@ from typing import Any
 
 import numpy as np
 
-PACKAGES = ("lsa-flow", "jax", "jaxlib", "diffrax", "equinox", "lineax", "optimistix", "numpy",
-            "scipy", "matplotlib", "pandas")
+PACKAGES = (
+    "lsa-flow",
+    "jax",
+    "jaxlib",
+    "diffrax",
+    "equinox",
+    "lineax",
+    "optimistix",
+    "numpy",
+    "scipy",
+    "matplotlib",
+    "pandas",
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -47,8 +58,12 @@ def git_revision() -> str:
     try:
         here = Path(__file__).resolve().parent
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
-            timeout=5, check=False,
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
         )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):

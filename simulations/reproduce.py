@@ -25,16 +25,25 @@ EXTRA_SUITES: list[str] = ["simulations.shift_checks"]
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("reproduce", help="run every check against the theory and write figures",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--out", type=Path, default=Path("figures"), help="output folder (default ./figures)")
+    p = sub.add_parser(
+        "reproduce",
+        help="run every check against the theory and write figures",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("figures"), help="output folder (default ./figures)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of Lambda, Theta and all sampling")
     p.add_argument("--d", type=int, default=5, help="input dimension (default 5)")
     p.add_argument("--N", type=int, default=20, help="training prompt length (default 20)")
     p.add_argument("--spread", type=float, default=10.0, help="eigenvalue spread of Lambda")
     p.add_argument("--mc-prompts", type=int, default=200_000, help="Monte Carlo prompts per row")
-    p.add_argument("--quick", action="store_true",
-                   help="smaller Monte Carlo and empirical-flow sizes (smoke run)")  # fmt: skip
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller Monte Carlo and empirical-flow sizes (smoke run)",
+    )
     p.add_argument("--only-core", action="store_true", help="skip the distribution-shift suite")
     p.set_defaults(func=run)
 
@@ -42,8 +51,10 @@ def add_parser(sub: Any) -> None:
 def _trajectory_table(data: dict[str, Any]) -> pd.DataFrame:
     res = data["flow"]
     Ginv = data["Gamma_inv"]
-    dist = [np.linalg.norm(res.u[i] * res.U_at(i) - Ginv) / np.linalg.norm(Ginv)
-            for i in range(len(res.ts))]  # fmt: skip
+    dist = [
+        np.linalg.norm(res.u[i] * res.U_at(i) - Ginv) / np.linalg.norm(Ginv)
+        for i in range(len(res.ts))
+    ]
     return pd.DataFrame({**res.as_dict(), "dist_uU_Ginv": dist})
 
 
@@ -57,8 +68,9 @@ def format_table(checks: list[CheckResult]) -> str:
     return "\n".join(lines)
 
 
-def markdown_report(checks: list[CheckResult], setting: Setting, figures: list[Path],
-                    seconds: float) -> str:  # fmt: skip
+def markdown_report(
+    checks: list[CheckResult], setting: Setting, figures: list[Path], seconds: float
+) -> str:
     n_pass = sum(c.passed for c in checks)
     out = [
         "# lsa-flow reproduction report",
@@ -76,8 +88,10 @@ def markdown_report(checks: list[CheckResult], setting: Setting, figures: list[P
     for c in checks:
         err = f"z = {c.error:+.2f}" if c.kind == "z" else f"{c.error:.3g}"
         tol = f"abs(z) <= {c.tolerance:g}" if c.kind == "z" else f"{c.tolerance:.3g}"
-        out.append(f"| {c.id} | {c.statement} | {c.reference} | {c.predicted:.10g} | "
-                   f"{c.simulated:.10g} | {err} | {tol} | {'PASS' if c.passed else 'FAIL'} |")  # fmt: skip
+        out.append(
+            f"| {c.id} | {c.statement} | {c.reference} | {c.predicted:.10g} | "
+            f"{c.simulated:.10g} | {err} | {tol} | {'PASS' if c.passed else 'FAIL'} |"
+        )
     out += ["", "## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures]
     return "\n".join(out) + "\n"
 
@@ -86,14 +100,21 @@ def run(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    kw: dict[str, Any] = {"d": args.d, "N": args.N, "spread": args.spread, "seed": args.seed,
-                          "mc_prompts": args.mc_prompts}  # fmt: skip
+    kw: dict[str, Any] = {
+        "d": args.d,
+        "N": args.N,
+        "spread": args.spread,
+        "seed": args.seed,
+        "mc_prompts": args.mc_prompts,
+    }
     if args.quick:
         kw.update(mc_prompts=min(args.mc_prompts, 40_000), B_values=(1_000, 10_000))
     setting = Setting(**kw)
     print(f"lsa reproduce: d = {setting.d}, N = {setting.N}, seed = {setting.seed} -> {out}/")
     checks, data = run_core_checks(setting)
-    title = f"d={setting.d}, N={setting.N}, κ(Λ)={setting.spread:g}, σ={setting.sigma_fraction}σ_max"
+    title = (
+        f"d={setting.d}, N={setting.N}, κ(Λ)={setting.spread:g}, σ={setting.sigma_fraction}σ_max"
+    )
     meta = {"min_loss": data["min_loss"], "mu": data["mu"], "N": setting.N, "title": title}
 
     traj = _trajectory_table(data)
@@ -107,12 +128,18 @@ def run(args: argparse.Namespace) -> int:
     # Figures are drawn from the saved tables, so they can be restyled without recomputing.
     figures = [
         plots.plot_loss(pd.read_csv(out / "trajectory.csv"), meta, out / "loss_vs_time.png"),
-        plots.plot_distance(pd.read_csv(out / "trajectory.csv"), meta, out / "distance_vs_time.png"),
+        plots.plot_distance(
+            pd.read_csv(out / "trajectory.csv"), meta, out / "distance_vs_time.png"
+        ),
         plots.plot_balance(pd.read_csv(out / "trajectory.csv"), meta, out / "balance.png"),
-        plots.plot_risk_vs_M(pd.read_csv(out / "risk_curve.csv"), pd.read_csv(out / "risk_mc.csv"),
-                             meta, out / "risk_vs_M.png"),
+        plots.plot_risk_vs_M(
+            pd.read_csv(out / "risk_curve.csv"),
+            pd.read_csv(out / "risk_mc.csv"),
+            meta,
+            out / "risk_vs_M.png",
+        ),
         plots.plot_empirical(pd.read_csv(out / "empirical.csv"), meta, out / "empirical_vs_B.png"),
-    ]  # fmt: skip
+    ]
     extra: dict[str, Any] = {}
     if not args.only_core:
         for name in EXTRA_SUITES:
@@ -131,18 +158,27 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(checks))
     n_fail = sum(not c.passed for c in checks)
     (out / "report.md").write_text(markdown_report(checks, setting, figures, seconds))
-    write_json(out / "results.json", {
-        "setting": dataclasses.asdict(setting),
-        "Lambda": data["Lambda"],
-        "checks": [c.row() for c in checks],
-        "flow": {"stats": data["flow"].stats, "t_final": data["flow"].t_final,
-                 "W_PV": data["flow"].W_PV, "W_KQ": data["flow"].W_KQ},
-        "risk_mc": data["risk_table"],
-        "empirical": data["empirical_table"],
-        "extra": extra,
-        "seconds": seconds,
-        "provenance": provenance(),
-    })  # fmt: skip
-    print(f"{len(checks) - n_fail}/{len(checks)} checks passed in {seconds:.1f} s; "
-          f"wrote {len(figures)} figures, report.md and results.json to {out}/")  # fmt: skip
+    write_json(
+        out / "results.json",
+        {
+            "setting": dataclasses.asdict(setting),
+            "Lambda": data["Lambda"],
+            "checks": [c.row() for c in checks],
+            "flow": {
+                "stats": data["flow"].stats,
+                "t_final": data["flow"].t_final,
+                "W_PV": data["flow"].W_PV,
+                "W_KQ": data["flow"].W_KQ,
+            },
+            "risk_mc": data["risk_table"],
+            "empirical": data["empirical_table"],
+            "extra": extra,
+            "seconds": seconds,
+            "provenance": provenance(),
+        },
+    )
+    print(
+        f"{len(checks) - n_fail}/{len(checks)} checks passed in {seconds:.1f} s; "
+        f"wrote {len(figures)} figures, report.md and results.json to {out}/"
+    )
     return 1 if n_fail else 0

@@ -6,7 +6,7 @@ import pytest
 
 jax.config.update("jax_enable_x64", True)
 
-import lsa  # noqa: E402,F401  (importing lsa also enables float64)
+import lsa  # noqa: E402  (importing lsa also enables float64)
 
 
 @pytest.fixture
