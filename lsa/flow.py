@@ -355,7 +355,7 @@ class ExpSumTable:
         weights = np.asarray(weights, np.float64).reshape(rates.shape[0], -1)
         n_w = weights.shape[1]
         if rates.size == 0:
-            return ExpSumTable(np.ones(1), np.zeros((1, order + 1, n_w)), np.zeros(n_w))
+            return ExpSumTable(np.ones(64), np.zeros((64, order + 1, n_w)), np.zeros(n_w))
         if np.any(rates <= 0):
             raise ValueError("ExpSumTable needs strictly positive rates.")
         log_step = math.log1p(width)
@@ -371,6 +371,12 @@ class ExpSumTable:
                 term = term * (delta / m)[:, None]
             for w in range(n_w):
                 moments[:, m, w] = np.bincount(idx, weights=term[:, w], minlength=nb)
+        # Pad to a power-of-two number of bins with zero-weight bins: the table's shape then
+        # depends only on the rate span's order of magnitude, so a new problem of the same d
+        # reuses the compiled solve instead of recompiling for a new shape.
+        nb_pad = max(64, 1 << (nb - 1).bit_length())
+        centers = np.concatenate([centers, np.full(nb_pad - nb, centers[-1])])
+        moments = np.concatenate([moments, np.zeros((nb_pad - nb, order + 1, n_w))])
         q = math.sqrt(1.0 + width) - 1.0
         k = order + 1
         tail = (q / (1 - q)) ** k * math.exp(k * math.log(k) - k - math.lgamma(k + 1))
@@ -383,6 +389,9 @@ class ExpSumTable:
 def exp_sum(s: Any, centers: Array, moments: Array) -> Array:
     """Evaluate an `ExpSumTable` at `s` (traceable): returns `(n_weights,)`."""
     order = moments.shape[1] - 1
+    # Beyond s_cut every exp(-2 rho s) underflows to 0, so clipping s there is exact and keeps
+    # (-2 s)^order finite.
+    s = jnp.minimum(s, 400.0 / jnp.min(centers))
     pows = (-2.0 * s) ** jnp.arange(order + 1)
     return jnp.exp(-2.0 * s * centers) @ jnp.einsum("bmw,m->bw", moments, pows)
 
@@ -470,6 +479,13 @@ def _direct_rate(y, args):
 # ----------------------------------------------------------------------------------------
 # The solve, compiled once per (method, d, options) and reused for new problem data.
 # ----------------------------------------------------------------------------------------
+
+
+def _f64(x: Any) -> Array:
+    """Problem data and tolerances enter the compiled solves as float64 arrays, never as Python
+    floats: `eqx.filter_jit` treats Python floats as static, so each new value would recompile
+    (about 1-5 s) instead of reusing the compiled solve."""
+    return jnp.asarray(x, dtype=jnp.float64)
 
 
 def _controller(rtol, atol):
@@ -615,27 +631,19 @@ def gradient_flow(
             y0,
             args,
             jnp.asarray(ts),
-            t1,
-            dt0,
-            rtol,
-            atol,
-            method.newton_rtol,
-            newton_atol,
+            *map(_f64, (t1, dt0, rtol, atol, method.newton_rtol, newton_atol)),
             use_event=use_event,
             max_steps=options.max_steps,
             progress=options.progress,
         )
     else:
-        dargs = (jnp.asarray(lam_np), float(N), r_coef, options.eps)
+        dargs = tuple(map(_f64, (lam_np, N, r_coef, options.eps)))
         y0 = jnp.asarray(np.concatenate([U0.reshape(-1), [u0]]))
         sol = _solve_direct(
             y0,
             dargs,
             jnp.asarray(ts),
-            t1,
-            dt0,
-            rtol,
-            atol,
+            *map(_f64, (t1, dt0, rtol, atol)),
             method.solver,
             use_event=use_event,
             max_steps=options.max_steps,
@@ -843,11 +851,7 @@ def empirical_flow(
         y0,
         stats,
         jnp.asarray(ts),
-        float(t_end),
-        t_end * 1e-6,
-        rtol,
-        atol,
-        1e-9,
+        *map(_f64, (t_end, t_end * 1e-6, rtol, atol, 1e-9)),
         max_steps=max_steps,
         progress=progress,
     )
