@@ -1,0 +1,100 @@
+"""The `lsa` command: train, reproduce (quick) and its bad-input errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+import theory
+from simulations.cli import main
+
+
+def test_train_writes_result_dir_and_skips_finished(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--d", "3", "--N", "6", "--kappa", "5", "--out", str(out)]) == 0
+    for name in ("config.json", "summary.json", "trajectory.csv", "trajectory.npz", "weights.npz"):
+        assert (out / name).exists(), name
+    w = np.load(out / "weights.npz")
+    # independent check of the saved end point: u U = Gamma^{-1} (Theorem 4.1)
+    Ginv = np.linalg.inv(theory.gamma(w["Lambda"], 6))
+    uU = w["W_PV"][-1, -1] * w["W_KQ"][:-1, :-1]
+    assert np.linalg.norm(uU - Ginv) / np.linalg.norm(Ginv) < 1e-8
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stop_reason"] == "converged"
+    assert "jax" in summary["provenance"]["versions"]
+    capsys.readouterr()
+    assert main(["train", "--d", "3", "--N", "6", "--kappa", "5", "--out", str(out)]) == 0
+    assert "finished" in capsys.readouterr().out
+
+
+def test_train_from_toml(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[train]\nd = 2\nN = 4\neigenvalues = [1.0, 3.0]\nsigma = 0.1\nseed = 3\n")
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out)]) == 0
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["config"]["sigma"] == 0.1 and conf["config"]["seed"] == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [("d = 3\nfoo = 1\n", "unknown key"), ("d = 3\n[x\n", "malformed TOML")],
+)
+def test_train_bad_toml(tmp_path, capsys, text, match):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r")]) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "r" / "summary.json").exists()
+
+
+def test_train_bad_values(tmp_path, capsys):
+    assert main(["train", "--N", "0", "--out", str(tmp_path / "r")]) == 2
+    assert "N" in capsys.readouterr().err
+    assert main(["train", "--sigma", "-1", "--out", str(tmp_path / "r2")]) == 2
+    assert "sigma" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--method", "rk4"])
+
+
+def test_train_warns_above_sigma_max(tmp_path):
+    with pytest.warns(UserWarning, match="sigma_max"):
+        main(
+            [
+                "train",
+                "--d",
+                "2",
+                "--N",
+                "4",
+                "--sigma-fraction",
+                "1.2",
+                "--t-end",
+                "1.0",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+
+
+@pytest.mark.slow
+def test_reproduce_quick(tmp_path, capsys):
+    """The main job end to end on a smaller Monte Carlo: every check passes, files written."""
+    out = tmp_path / "figs"
+    code = main(["reproduce", "--quick", "--only-core", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    results = json.loads((out / "results.json").read_text())
+    assert all(c["passed"] for c in results["checks"])
+    ids = {c["id"] for c in results["checks"]}
+    assert {"a1", "a2", "a3", "a4", "b", "c1", "c2", "c3", "c4", "d1", "e1", "f1", "f2"} <= ids
+    for name in (
+        "loss_vs_time.png",
+        "distance_vs_time.png",
+        "balance.png",
+        "risk_vs_M.png",
+        "empirical_vs_B.png",
+        "report.md",
+        "trajectory.csv",
+        "risk_mc.csv",
+    ):
+        assert (out / name).exists(), name
