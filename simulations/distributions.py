@@ -139,9 +139,11 @@ class _WhitenedTask(TaskLaw):
 class GaussianTask(_WhitenedTask):
     """`w ~ N(0, Sigma_w)` (ZFB training law with `Sigma_w = I`; task shift otherwise)."""
 
+    def __init__(self, Sigma_w: Float[ArrayLike, "d d"]):
+        super().__init__(Sigma_w)
+
     def _standard(self, key: PRNGKeyArray, n: int) -> Float[Array, "n d"]:
         return jax.random.normal(key, (n, self.d), _F64)
-
 
 
 class SphereTask(_WhitenedTask):
@@ -152,6 +154,9 @@ class SphereTask(_WhitenedTask):
     risk for predictors linear in h). `SphereTask.with_radius(d, r)` is uniform on the sphere of
     radius `r` (`Sigma_w = (r^2/d) I`).
     """
+
+    def __init__(self, Sigma_w: Float[ArrayLike, "d d"]):
+        super().__init__(Sigma_w)
 
     @classmethod
     def with_radius(cls, d: int, radius: float) -> SphereTask:
@@ -165,13 +170,14 @@ class SphereTask(_WhitenedTask):
         return np.sqrt(self.d) * z / jnp.linalg.norm(z, axis=-1, keepdims=True)
 
 
-
 class RademacherTask(_WhitenedTask):
     """`w = Sigma_w^{1/2} r`, `r` with iid uniform signs: `E[w w^T] = Sigma_w` exactly."""
 
+    def __init__(self, Sigma_w: Float[ArrayLike, "d d"]):
+        super().__init__(Sigma_w)
+
     def _standard(self, key: PRNGKeyArray, n: int) -> Float[Array, "n d"]:
         return jax.random.rademacher(key, (n, self.d), _F64)
-
 
 
 class CustomTask(_WhitenedTask):
@@ -291,7 +297,6 @@ class GaussianCovariates(_FactorGaussian):
         self.factor = jnp.asarray(np.linalg.cholesky(lx))
 
 
-
 class SkewedCovariates(_FactorGaussian):
     """Garg et al.'s `skewed` inputs [GARG code] (theory.md §12).
 
@@ -304,7 +309,6 @@ class SkewedCovariates(_FactorGaussian):
         T = _garg_transformation(1.0 / np.arange(1, d + 1), key)
         self.factor = jnp.asarray(T)
         self.Lambda_x = jnp.asarray(0.5 * (T @ T + (T @ T).T))
-
 
 
 class HalfSubspaceCovariates(_FactorGaussian):
@@ -324,7 +328,6 @@ class HalfSubspaceCovariates(_FactorGaussian):
         T = _garg_transformation(e, key)
         self.factor = jnp.asarray(T)
         self.Lambda_x = jnp.asarray(0.5 * (T @ T + (T @ T).T))
-
 
 
 class ScaledCovariates(CovariateLaw):
@@ -427,8 +430,12 @@ class QueryLaw(eqx.Module):
         """Draw one query per prompt, given the prompts' inputs `X`."""
 
     @abc.abstractmethod
-    def second_moment(self, covariates: CovariateLaw) -> Float[np.ndarray, "d d"] | None:
-        """`Omega = E[x_q x_q^T]` for a query independent of the prompt; `None` otherwise."""
+    def second_moment(
+        self, covariates: CovariateLaw | None = None
+    ) -> Float[np.ndarray, "d d"] | None:
+        """`Omega = E[x_q x_q^T]` for a query independent of the prompt; `None` otherwise.
+
+        `covariates` is needed only by `SameAsCovariates` (whose `Omega` is theirs)."""
 
 
 class SameAsCovariates(QueryLaw):
@@ -437,7 +444,9 @@ class SameAsCovariates(QueryLaw):
     def sample(self, key, X, covariates):  # type: ignore[no-untyped-def]
         return covariates.sample_fresh(key, X.shape[0])
 
-    def second_moment(self, covariates: CovariateLaw) -> Float[np.ndarray, "d d"]:
+    def second_moment(self, covariates: CovariateLaw | None = None) -> Float[np.ndarray, "d d"]:
+        if covariates is None:
+            raise ValueError("SameAsCovariates.second_moment needs the covariate law.")
         return covariates.fresh_second_moment()
 
 
@@ -454,25 +463,29 @@ class _OmegaQuery(QueryLaw):
     def d(self) -> int:
         return int(self.Omega.shape[0])
 
-    def second_moment(self, covariates: CovariateLaw) -> Float[np.ndarray, "d d"]:
+    def second_moment(self, covariates: CovariateLaw | None = None) -> Float[np.ndarray, "d d"]:
         return np.asarray(self.Omega)
 
 
 class GaussianQuery(_OmegaQuery):
     """`x_q ~ N(0, Omega)` independent of the prompt (query shift, theory.md §8.5)."""
 
+    def __init__(self, Omega: Float[ArrayLike, "d d"]):
+        super().__init__(Omega)
+
     def sample(self, key, X, covariates):  # type: ignore[no-untyped-def]
         return jax.random.normal(key, (X.shape[0], self.d), _F64) @ self.root.T
-
 
 
 class RademacherQuery(_OmegaQuery):
     """`x_q = Omega^{1/2} r`, `r` with iid uniform signs: non-Gaussian, `E[x_q x_q^T] = Omega`
     exactly (`E[r r^T] = I`); theory.md §8.5 says the risk is the same as for `GaussianQuery`."""
 
+    def __init__(self, Omega: Float[ArrayLike, "d d"]):
+        super().__init__(Omega)
+
     def sample(self, key, X, covariates):  # type: ignore[no-untyped-def]
         return jax.random.rademacher(key, (X.shape[0], self.d), _F64) @ self.root.T
-
 
 
 class OrthogonalQuery(QueryLaw):
@@ -494,6 +507,12 @@ class OrthogonalQuery(QueryLaw):
                 f"OrthogonalQuery needs M < d (the orthogonal complement of the span of M "
                 f"in-context inputs is empty otherwise); got M = {M}, d = {covariates.d}."
             )
+        rank = int(np.linalg.matrix_rank(covariates.fresh_second_moment()))
+        if M >= rank:
+            raise ValueError(
+                f"OrthogonalQuery needs M below the rank {rank} of the covariate law (a fresh "
+                f"draw lies in the span of M in-context inputs otherwise); got M = {M}."
+            )
 
     def sample(self, key, X, covariates):  # type: ignore[no-untyped-def]
         z = covariates.sample_fresh(key, X.shape[0])
@@ -507,7 +526,7 @@ class OrthogonalQuery(QueryLaw):
         )
         return q * scale
 
-    def second_moment(self, covariates: CovariateLaw) -> None:
+    def second_moment(self, covariates: CovariateLaw | None = None) -> None:
         return None
 
 
@@ -524,7 +543,7 @@ class OverlappingQuery(QueryLaw):
         idx = jax.random.randint(key, (n,), 0, M)
         return jnp.take_along_axis(X, idx[:, None, None], axis=1)[:, 0, :]
 
-    def second_moment(self, covariates: CovariateLaw) -> None:
+    def second_moment(self, covariates: CovariateLaw | None = None) -> None:
         return None
 
 
@@ -556,7 +575,7 @@ class TestDistribution(eqx.Module):
     task: TaskLaw
     covariates: CovariateLaw
     query: QueryLaw = SameAsCovariates()
-    noise_std: Float[Array, ""] = eqx.field(default=0.0, converter=_noise_std)
+    noise_std: Float[ArrayLike, ""] = eqx.field(default=0.0, converter=_noise_std)
     noisy_target: bool = eqx.field(default=False, static=True)
 
     def __check_init__(self) -> None:
@@ -602,15 +621,15 @@ class TestDistribution(eqx.Module):
 
     def _sample(self, key: PRNGKeyArray, n: int, M: int) -> lsa.Prompts:
         """The sampler itself: pure JAX, any key, `n` and `M` static (validated by the caller)."""
-        kw, kx, kq, ke, keq = jax.random.split(key, 5)
+        kw, kx, kq, ke = jax.random.split(key, 4)
         w = self.task.sample(kw, n)
         X = self.covariates.sample(kx, n, M)
         x_q = self.query.sample(kq, X, self.covariates)
-        y = jnp.einsum("nmd,nd->nm", X, w)
+        eps = self.noise_std * jax.random.normal(ke, (n, M + 1), _F64)  # last column: target
+        y = jnp.einsum("nmd,nd->nm", X, w) + eps[:, :M]
         y_q = jnp.einsum("nd,nd->n", x_q, w)
-        y = y + self.noise_std * jax.random.normal(ke, (n, M), _F64)
         if self.noisy_target:
-            y_q = y_q + self.noise_std * jax.random.normal(keq, (n,), _F64)
+            y_q = y_q + eps[:, M]
         return lsa.Prompts(X=X, y=y, x_q=x_q, y_q=y_q, w=w)
 
     def shift_risk_args(self) -> dict[str, Any]:
@@ -635,7 +654,7 @@ class TestDistribution(eqx.Module):
             "Lambda_x": self.covariates.second_moment(),
             "Omega": Omega,
             "Sigma_w": self.task.second_moment(),
-            "s2": float(self.noise_std) ** 2,
+            "s2": float(np.asarray(self.noise_std)) ** 2,
             "noisy_target": self.noisy_target,
         }
 

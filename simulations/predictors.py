@@ -149,8 +149,12 @@ class Predictor(eqx.Module):
         """The smallest prompt length `M` this predictor accepts."""
         return 1
 
+    def check_dimension(self, d: int) -> None:
+        """Raise `ValueError` if inputs of dimension `d` are not valid input."""
+
     def check_dims(self, M: int, d: int) -> None:
         """Raise `ValueError` if prompts of length `M` in dimension `d` are not valid input."""
+        self.check_dimension(d)
         if M < self.min_examples():
             raise ValueError(
                 f"{self.name} needs a prompt of at least {self.min_examples()} in-context "
@@ -174,6 +178,7 @@ class Predictor(eqx.Module):
         **Returns:** predictions, shape `(B,)`, float64.
         """
         Xa, ya, qa = check_prompt_arrays(X, y, x_q)
+        assert qa is not None
         self.check_dims(Xa.shape[1], Xa.shape[2])
         return _predict_jit(self, Xa, ya, qa)
 
@@ -231,6 +236,7 @@ def at_every_prefix(
     Xa, ya, _ = check_prompt_arrays(X, y)
     if Xa.shape[1] < 1:
         raise ValueError("`X` must hold at least one example per prompt (M >= 1).")
+    predictor.check_dimension(Xa.shape[2])
     return _prefix_jit(predictor, Xa, ya)
 
 
@@ -273,8 +279,7 @@ class LSAPredictor(Predictor):
     def d(self) -> int:
         return int(self.W_PV.shape[0]) - 1
 
-    def check_dims(self, M: int, d: int) -> None:
-        super().check_dims(M, d)
+    def check_dimension(self, d: int) -> None:
         if d != self.d:
             raise ValueError(f"LSA weights are for d = {self.d} but the prompts have d = {d}.")
 
@@ -532,6 +537,7 @@ class KNN(Predictor):
         return self.k
 
     def check_dims(self, M: int, d: int) -> None:
+        self.check_dimension(d)
         if M < self.k:
             raise ValueError(
                 f"{self.name} needs k = {self.k} <= M, the number of in-context examples; "
@@ -604,4 +610,3 @@ def linear_G(predictor: Predictor, d: int, M: int) -> Float[np.ndarray, "d d"] |
     if not isinstance(predictor, Predictor):
         raise TypeError(f"`predictor` must be a Predictor; got {type(predictor).__name__}.")
     return None
-
