@@ -59,7 +59,7 @@ from .loss import (
     quadratic_loss,
 )
 from .model import from_reduced
-from .prompts import Init, sigma_bound
+from .prompts import Init
 
 __all__ = [
     "BorderedDiagonal",
@@ -587,10 +587,11 @@ def gradient_flow(
     u0 = float(init.u)
     if not math.isfinite(u0):
         raise ValueError("`init.u` must be finite.")
-    warn_sigma(abs(u0), sigma_bound(lam_np, N)) if _is_balanced(u0, U0) else None
-
     lam, Q = np.linalg.eigh(lam_np)
     gam = (1.0 + 1.0 / N) * lam + lam.sum() / N
+    if _is_balanced(u0, U0):
+        # sigma_max = sqrt(2 / (sqrt(d) ||Gamma||_op)) from the eigenvalues already at hand
+        warn_sigma(abs(u0), math.sqrt(2.0 / (math.sqrt(d) * float(gam.max()))))
     sigma = max(abs(u0), float(np.linalg.norm(U0)), 1e-300)
     t_esc, t_conv = _time_scales(lam, gam, sigma, options.eps)
     if options.t_end is not None:
