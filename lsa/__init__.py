@@ -8,7 +8,17 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+from . import flow  # noqa: E402
 from ._validate import TheoremCoverageWarning  # noqa: E402
+from .flow import (  # noqa: E402
+    DirectMethod,
+    EigenMethod,
+    FlowError,
+    FlowOptions,
+    FlowResult,
+    empirical_flow,
+    gradient_flow,
+)
 from .loss import (  # noqa: E402
     PromptStats,
     QuadraticLoss,
@@ -44,6 +54,11 @@ from .prompts import (  # noqa: E402
 )
 
 __all__ = [
+    "DirectMethod",
+    "EigenMethod",
+    "FlowError",
+    "FlowOptions",
+    "FlowResult",
     "Init",
     "PromptDistribution",
     "PromptStats",
@@ -52,10 +67,13 @@ __all__ = [
     "Reduced",
     "TheoremCoverageWarning",
     "embed",
+    "empirical_flow",
     "empirical_loss",
     "empirical_predict",
+    "flow",
     "from_reduced",
     "gamma_matrix",
+    "gradient_flow",
     "lsa_forward",
     "paper_init",
     "population_loss",
