@@ -32,12 +32,15 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 import lsa
 from lsa._validate import check_covariance, check_length, check_nonnegative, check_positive
+
+from .predictors import PromptStats
 
 __all__ = [
     "GARG_SCALES",
@@ -64,6 +67,7 @@ __all__ = [
     "garg_catalogue",
     "named_shift",
     "rbg_key",
+    "rbg_threefry_key",
 ]
 
 _F64 = jnp.float64
@@ -246,6 +250,12 @@ class CovariateLaw(eqx.Module):
         """True if the `x_i` are iid `N(0, second_moment())`, as the closed forms of §8.3 need."""
         return False
 
+    def gaussian_factor(self) -> Float[Array, "d d"] | None:
+        """A matrix `F` such that the in-context inputs are `x_i = F z_i` with `z_i ~ N(0, I_d)`
+        iid, or `None` if they are not of that form. The sufficient-statistics sampler of
+        `TestDistribution` needs it."""
+        return None
+
     @abc.abstractmethod
     def sample(self, key: PRNGKeyArray, n: int, M: int) -> Float[Array, "n M d"]:
         """Draw the in-context inputs of `n` prompts of length `M`."""
@@ -277,6 +287,9 @@ class _FactorGaussian(CovariateLaw):
     @property
     def gaussian(self) -> bool:
         return True
+
+    def gaussian_factor(self) -> Float[Array, "d d"]:
+        return self.factor
 
     def sample(self, key: PRNGKeyArray, n: int, M: int) -> Float[Array, "n M d"]:
         return jax.random.normal(key, (n, M, self.d), _F64) @ self.factor.T
@@ -352,6 +365,10 @@ class ScaledCovariates(CovariateLaw):
     @property
     def gaussian(self) -> bool:
         return self.base.gaussian
+
+    def gaussian_factor(self) -> Float[Array, "d d"] | None:
+        F = self.base.gaussian_factor()
+        return None if F is None else self.c * F
 
     def sample(self, key: PRNGKeyArray, n: int, M: int) -> Float[Array, "n M d"]:
         return self.c * self.base.sample(key, n, M)
@@ -632,6 +649,99 @@ class TestDistribution(eqx.Module):
             y_q = y_q + eps[:, M]
         return lsa.Prompts(X=X, y=y, x_q=x_q, y_q=y_q, w=w)
 
+    def stats_sampler_issue(self, M: int, k: int | None = None) -> str | None:
+        """Why `_sample_stats` cannot draw the statistics of prompts of length `M` exactly (in a
+        subspace of dimension `k`, default `d`), or `None` if it can: it needs in-context inputs
+        `x_i = F z_i` with `z_i ~ N(0, I)` iid (`CovariateLaw.gaussian_factor`), a query drawn
+        without looking at the prompt (`SameAsCovariates`, `GaussianQuery`, `RademacherQuery`)
+        and `M >= k`."""
+        cov = type(self.covariates).__name__
+        if self.covariates.gaussian_factor() is None:
+            return f"the in-context inputs ({cov}) are not iid Gaussian"
+        if type(self.query) not in _PROMPT_FREE_QUERIES:
+            return f"the query law {type(self.query).__name__} may depend on the prompt"
+        k = self.d if k is None else k
+        if k > M:
+            return f"M = {M} < {k} (the Bartlett decomposition needs M >= the dimension)"
+        return None
+
+    def _sample_stats(
+        self,
+        key: PRNGKeyArray,
+        n: int,
+        M: int,
+        noisy: bool,
+        directions: Callable[[Array], Array] | None = None,
+    ) -> tuple[PromptStats, Float[Array, "n d"], Float[Array, " n"]]:
+        """Draw the sufficient statistics of `n` prompts of length `M` exactly, without the prompts.
+
+        With `x_i = F z_i` and the QR decomposition `Z = Q T` of the `(M, d)` matrix of the
+        `z_i` (`M >= d`), the prompt is equivalent to the `d` pseudo-examples `X' = T F^T` with
+        labels `Q^T y = X' w + Q^T eps` and the residual sum of squares `||(I - Q Q^T) eps||^2`.
+        Bartlett: `T` is upper triangular with `T_ii^2 ~ chi2_{M-i}` (0-based `i`) and
+        `T_ij ~ N(0, 1)` above the diagonal, all independent; `Q^T eps ~ N(0, s^2 I_d)` and
+        `||(I - Q Q^T) eps||^2 ~ s^2 chi2_{M-d}` are independent of `T` and of each other. So
+        `S = X'^T X'`, `g`, `c` and `x_q` have exactly the law of the prompt's statistics, for
+        `d (d-1) / 2` normals and `d` chi-squares per prompt instead of `M d` normals.
+
+        **Subspace.** `directions(x_q) -> (n, j, d)` (optional) gives directions `p` such that the
+        predictions need `S` and `g` only through `p^T S p'` and `p^T g`. Let `V` (`d x k`,
+        orthonormal or zero columns, Gram–Schmidt) span `F^T w` and the `F^T p`, a function of
+        `(w, x_q)` only, hence independent of `Z` and `eps`. Then `Z V` is an `(M, k)` standard
+        Gaussian matrix (up to zero columns) and the same construction in dimension `k` gives
+        pseudo-examples `X' = T_k V^T F^T` (`k` rows) whose `S' = X'^T X'`, `g'` and `c` have,
+        jointly with `(w, x_q)`, exactly the law of `p^T S p'`, `p^T g` and `c` (`S'` itself is
+        not `S`: it is zero off the subspace; a zero column of `V`, for a dependent direction,
+        only adds a dimension that no prediction sees). Cost: `k (k-1) / 2` normals and `k`
+        chi-squares; `M >= k`.
+
+        `noisy` (static) must be True if `noise_std > 0` (with False the noise is left out).
+        Needs `stats_sampler_issue(M, k) is None` (checked by the caller).
+
+        **Returns:** `(stats, w, y_q)`: a `PromptStats` batch, the tasks and the targets.
+        """
+        F = self.covariates.gaussian_factor()
+        assert F is not None
+        noisy_q = noisy and self.noisy_target
+        kw, kq, kz, ku, kc = jax.random.split(key, 5)
+        w = self.task.sample(kw, n)
+        x_q = self.query.sample(kq, jnp.zeros((n, 0, self.d), _F64), self.covariates)
+        if directions is None:
+            G = F.T  # rows of V^T F^T with V = I
+            k = self.d
+        else:
+            C = jnp.concatenate([(w @ F)[:, None, :], directions(x_q) @ F], axis=1)
+            G = _orthonormal_rows(C) @ F.T  # (n, k, d)
+            k = C.shape[1]
+        assert M >= k
+        n_off = k * (k - 1) // 2
+        dof = (M - np.arange(k)).astype(np.float64)
+        if noisy and M > k:
+            dof = np.append(dof, M - k)
+        # one draw of normals: T above the diagonal, Q^T eps / s, the target noise, and the
+        # first Marsaglia–Tsang candidate of each chi-square
+        n_z = n_off + (k if noisy else 0) + int(noisy_q)
+        z = jax.random.normal(kz, (n, n_z + dof.shape[0]), _F64)
+        u = jax.random.uniform(ku, (n, dof.shape[0]), _F64)
+        chi2 = 2.0 * _gamma(kc, dof / 2.0, z[:, n_z:], u)
+        src = jnp.concatenate([z[:, :n_off], jnp.sqrt(chi2[:, :k]), jnp.zeros((n, 1), _F64)], 1)
+        T = src[:, _bartlett_index(k)]  # (n, k, k), upper triangular
+        if directions is None:
+            Xc = T @ G  # pseudo-examples (rows): T F^T, one GEMM
+        else:
+            Xc = jnp.sum(T[:, :, :, None] * G[:, None, :, :], axis=2)  # T_k V^T F^T
+        y = jnp.sum(Xc * w[:, None, :], axis=-1)
+        y_q = jnp.sum(x_q * w, axis=-1)
+        rss = jnp.zeros((n,), _F64)
+        if noisy:
+            s = jnp.asarray(self.noise_std, _F64)
+            y = y + s * z[:, n_off : n_off + k]
+            if M > k:
+                rss = s * s * chi2[:, k]
+            if noisy_q:
+                y_q = y_q + s * z[:, n_z - 1]
+        return PromptStats(X=Xc, y=y, rss=rss, x_q=x_q, M=M), w, y_q
+
     def shift_risk_args(self) -> dict[str, Any]:
         """Keyword arguments for `theory.shift_risk(G, **args, M=M)` (theory.md §8.3).
 
@@ -659,6 +769,104 @@ class TestDistribution(eqx.Module):
         }
 
 
+#: Query laws drawn without looking at the prompt (the sufficient-statistics sampler needs one).
+_PROMPT_FREE_QUERIES = (SameAsCovariates, GaussianQuery, RademacherQuery)
+
+
+def _bartlett_index(d: int) -> np.ndarray:
+    """Indices into `[off-diagonal normals (d(d-1)/2), diagonal (d), 0]` that lay out the upper
+    triangular Bartlett factor `T` row by row as a `(d, d)` array."""
+    n_off = d * (d - 1) // 2
+    idx = np.full((d, d), n_off + d)
+    iu = np.triu_indices(d, 1)
+    idx[iu] = np.arange(n_off)
+    idx[np.arange(d), np.arange(d)] = n_off + np.arange(d)
+    return idx
+
+
+def _orthonormal_rows(C: Float[Array, "n k d"]) -> Float[Array, "n k d"]:
+    """Rows `(k, d)` whose non-zero rows are orthonormal and span the rows of each `C[i]`.
+
+    Classical Gram–Schmidt with re-orthogonalisation (two passes, orthogonal to round-off),
+    unrolled over the `k` rows. A row that lies exactly in the span of the previous ones (e.g. a
+    zero direction) gives a zero row: the sampler only needs the non-zero rows to be
+    orthonormal and to span the directions.
+    """
+    rows: list[Array] = []
+    for j in range(C.shape[1]):
+        r = C[:, j, :]
+        for _ in range(2):
+            for q in rows:
+                r = r - jnp.sum(r * q, axis=-1, keepdims=True) * q
+        nrm = jnp.sqrt(jnp.sum(r * r, axis=-1, keepdims=True))
+        rows.append(jnp.where(nrm > 0.0, r / jnp.where(nrm > 0.0, nrm, 1.0), 0.0))
+    return jnp.stack(rows, axis=1)
+
+
+def _mt_accept(a: Array, x: Array, u: Array) -> tuple[Array, Array]:
+    """Marsaglia–Tsang for `Gamma(a)`, `a >= 1`, from a normal `x` and a uniform `u`:
+    (candidate value, accepted)."""
+    dd = a - 1.0 / 3.0
+    t = 1.0 + x / jnp.sqrt(9.0 * dd)
+    pos = t > 0.0
+    t_safe = jnp.where(pos, t, 1.0)
+    v = t_safe**3
+    ok = pos & (jnp.log(u) < 0.5 * x * x + dd - dd * v + 3.0 * dd * jnp.log(t_safe))
+    return dd * v, ok
+
+
+_ONE_BITS = np.uint64(0x3FF0000000000000)  # the bits of 1.0 (float64)
+
+
+def _gamma(
+    key: PRNGKeyArray, alpha: np.ndarray, x: Float[Array, "n k"], u: Float[Array, "n k"]
+) -> Float[Array, "n k"]:
+    """Exact `Gamma(alpha_j, 1)` draws, shape `(n, k)`, for static shapes `alpha` `(k,)` `> 0`.
+
+    Marsaglia & Tsang (2000): a rejection sampler, run to acceptance for every entry (it accepts
+    with probability >= 0.95, > 0.997 for `alpha >= 10`), with the boost
+    `Gamma(a) = Gamma(a + 1) U^{1/a}` for `a < 1`. The first candidate of every entry comes from
+    the standard normals `x` and the uniforms `u` (drawn by the caller together with its other
+    draws); then, until every entry is accepted, up to `n k / 32 + 64` of the rejected entries at
+    a time are gathered and redrawn from `key` (each entry keeps its first accepted candidate, so
+    the law is exact). `jax.random.gamma` is an order of magnitude slower on CPU.
+    """
+    alpha = np.asarray(alpha, np.float64)
+    n, k = x.shape
+    N = n * k
+    boost = alpha < 1.0
+    a = jnp.broadcast_to(jnp.asarray(np.where(boost, alpha + 1.0, alpha)), (n, k)).reshape(N)
+    val, ok = _mt_accept(a, x.reshape(N), u.reshape(N))
+    K = min(N, N // 32 + 64)
+    k_retry, k_boost = jax.random.split(key)
+    lo = np.nextafter(-1.0, 0.0)
+
+    def cond(c: tuple[Array, Array, Array]) -> Array:
+        return ~jnp.all(c[2])
+
+    def body(c: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
+        state, v, acc = c
+        rej = ~acc  # the first K rejected entries (jnp.nonzero compiles slower)
+        slot = jnp.where(rej, jnp.cumsum(rej) - 1, K)
+        idx = jnp.full((K,), N).at[slot].set(jnp.arange(N), mode="drop")
+        # fresh bits from XLA's RngBitGenerator, its state threaded through the loop (cheaper
+        # to compile than splitting keys); the same uniform and normal transforms as jax.random
+        state, bits = jax.lax.rng_bit_generator(state, (2, K), jnp.uint64, _THREE_FRY)
+        unif = jax.lax.bitcast_convert_type((bits >> 12) | _ONE_BITS, _F64) - 1.0  # [0, 1)
+        nx = np.sqrt(2.0) * jax.lax.erf_inv(lo + (1.0 - lo) * unif[0])
+        nv, nok = _mt_accept(a[jnp.minimum(idx, N - 1)], nx, unif[1])
+        idx = jnp.where(nok, idx, N)  # write back the accepted candidates only
+        return state, v.at[idx].set(nv, mode="drop"), acc.at[idx].set(True, mode="drop")
+
+    state = jax.random.bits(k_retry, (4,), jnp.uint32)
+    _, val, _ = jax.lax.while_loop(cond, body, (state, val, ok))
+    val = val.reshape(n, k)
+    if np.any(boost):
+        ub = jax.random.uniform(k_boost, (n, k), _F64, minval=jnp.finfo(_F64).tiny)
+        val = jnp.where(boost, val * jnp.exp(jnp.log(ub) / alpha), val)
+    return val
+
+
 @eqx.filter_jit
 def _sample_jit(dist: TestDistribution, key: PRNGKeyArray, n: int, M: int) -> lsa.Prompts:
     return dist._sample(key, n, M)
@@ -672,6 +880,35 @@ def rbg_key(key: PRNGKeyArray) -> PRNGKeyArray:
     stream can differ between backends (CPU and GPU).
     """
     return jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl="rbg")
+
+
+_UINT = {8: jnp.uint8, 16: jnp.uint16, 32: jnp.uint32, 64: jnp.uint64}
+_THREE_FRY = jax.lax.RandomAlgorithm.RNG_THREE_FRY
+
+
+def _rbg3_bits(key: Array, bit_width: int, shape: tuple[int, ...]) -> Array:
+    return jax.lax.rng_bit_generator(key, tuple(shape), _UINT[bit_width], _THREE_FRY)[1]
+
+
+#: `rbg` with XLA's RngBitGenerator running its THREE_FRY algorithm instead of the backend's
+#: default: on CPU its normals are about 2.5x faster than `rbg`'s (and 1.7x faster than the
+#: `threefry2x32` key's), for the same compile time as `rbg` (measured, jax 0.10.2).
+_RBG_THREEFRY = jax.extend.random.define_prng_impl(
+    key_shape=(4,),
+    seed=jax.extend.random.rbg_prng_impl.seed,
+    split=jax.extend.random.rbg_prng_impl.split,
+    random_bits=_rbg3_bits,
+    fold_in=jax.extend.random.rbg_prng_impl.fold_in,
+    name="rbg_threefry",
+    tag="rbg3",
+)
+
+
+@jax.jit
+def rbg_threefry_key(key: PRNGKeyArray) -> PRNGKeyArray:
+    """Like `rbg_key`, with RngBitGenerator's THREE_FRY algorithm (faster normals on CPU); the
+    sufficient-statistics sampler draws with it. Seeded by 128 bits drawn from `key`."""
+    return jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl=_RBG_THREEFRY)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,6 +19,21 @@ with an `rbg` key (XLA's RngBitGenerator) seeded by 128 bits of `fold_in(key, b)
 compiles about 4x faster and runs faster than threefry; its stream may differ between CPU and
 GPU. Sums are accumulated in float64 with the parallel
 (Chan et al.) combination of per-batch means and centred sums of squares.
+
+**Samplers (`mc_risk`).** `sampler="prompts"` draws every prompt (`M d` normals each) and calls
+the predictors on it. `sampler="stats"` draws only the sufficient statistics `(S, g, c, x_q)` of
+each prompt, exactly in law (`TestDistribution._sample_stats`: Bartlett decomposition of the
+Wishart matrix `S = X^T X` plus the label noise split into its projection on the span of the
+inputs and a chi-square remainder; `d (d-1)/2` normals and `d` chi-squares per prompt), and calls
+`Predictor.from_stats`. It applies when the in-context inputs are iid `N(0, F F^T)`, the query
+law does not look at the prompt, `M >= d`, and every predictor supports statistics (LSA, OLS,
+ridge, Bayes ridge, GD, averaging). `sampler="subspace"` goes further when every predictor needs
+`S` only along a few directions (`Predictor._stats_directions`: LSA two, averaging and one GD
+step one): by the rotation invariance of the Wishart law it draws `S` restricted to the span of
+those directions and `w` (`k` dimensions, `k < d`, `M >= k`), exactly in law for the predictions,
+at `O(k^2)` random numbers per prompt. `stats_sampler_issue` says why a sampler does not apply;
+the default `sampler="auto"` takes the first of subspace, stats, prompts that is exact. The
+samplers draw different random streams, so their estimates agree statistically, not bit for bit.
 """
 
 from __future__ import annotations
@@ -37,13 +52,14 @@ from tqdm.auto import tqdm
 import lsa  # noqa: F401  (switches JAX to float64)
 from lsa._validate import check_length
 
-from .distributions import TestDistribution, rbg_key
+from .distributions import TestDistribution, rbg_key, rbg_threefry_key
 from .predictors import Predictor, _min_norm_solve
 
-__all__ = ["MCEstimate", "mc_ilwd", "mc_risk", "mc_spd"]
+__all__ = ["MCEstimate", "auto_sampler", "mc_ilwd", "mc_risk", "mc_spd", "stats_sampler_issue"]
 
 _F64 = jnp.float64
 _TARGETS = ("y_q", "clean")
+_SAMPLERS = ("auto", "prompts", "stats", "subspace")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +190,79 @@ def _risk_batch(
     return _masked_moments(err, n_valid)
 
 
+@eqx.filter_jit
+def _risk_stats_batch(
+    preds: tuple[Predictor, ...],
+    dist: TestDistribution,
+    key: PRNGKeyArray,
+    n_valid: Array,
+    B: int,
+    M: int,
+    target: str,
+    noisy: bool,
+    subspace: bool,
+) -> tuple[Array, Array]:
+    def directions(x_q: Array) -> Array:
+        dirs = [p._stats_directions(x_q) for p in preds]
+        return jnp.concatenate([v for v in dirs if v is not None], axis=1)  # none is None here
+
+    key = rbg_threefry_key(key)
+    st, w, y_q = dist._sample_stats(key, B, M, noisy, directions if subspace else None)
+    tgt = y_q if target == "y_q" else jnp.einsum("bd,bd->b", st.x_q, w)
+    err = jnp.stack([(p._from_stats(st) - tgt) ** 2 for p in preds])
+    return _masked_moments(err, n_valid)
+
+
+def _subspace_dim(preds: Sequence[Predictor], d: int) -> int | None:
+    """`1 + ` the number of directions the predictors need (`w` and theirs), or `None` if one of
+    them needs the whole of `S`."""
+    k = 1
+    q = jax.ShapeDtypeStruct((1, d), _F64)
+    for p in preds:
+        if not p.supports_stats:
+            return None
+        shape = jax.eval_shape(p._stats_directions, q)
+        if shape is None:
+            return None
+        k += int(shape.shape[1])
+    return k
+
+
+def stats_sampler_issue(
+    predictors: Mapping[str, Predictor] | Sequence[Predictor],
+    dist: TestDistribution,
+    M: int,
+    sampler: str = "stats",
+) -> str | None:
+    """Why `mc_risk(..., sampler=sampler)` (`"stats"` or `"subspace"`) would not be exact for
+    these predictors, this distribution and prompt length `M`, or `None` if it is."""
+    if sampler not in ("stats", "subspace"):
+        raise ValueError(f"`sampler` must be 'stats' or 'subspace'; got {sampler!r}.")
+    preds = list(predictors.values()) if isinstance(predictors, Mapping) else list(predictors)
+    for p in preds:
+        if not p.supports_stats:
+            return f"{p.name} needs the prompt itself, not only (S, g, c, x_q)"
+    if sampler == "stats":
+        return dist.stats_sampler_issue(M)
+    k = _subspace_dim(preds, dist.d)
+    if k is None:
+        return "a predictor needs the whole of S (no directions)"
+    if k >= dist.d:
+        return f"the predictors need {k} >= d = {dist.d} directions (use 'stats')"
+    return dist.stats_sampler_issue(M, k)
+
+
+def auto_sampler(
+    predictors: Mapping[str, Predictor] | Sequence[Predictor], dist: TestDistribution, M: int
+) -> str:
+    """The sampler `mc_risk(..., sampler="auto")` uses: `"subspace"` if it is exact, else
+    `"stats"` if it is exact, else `"prompts"`."""
+    for name in ("subspace", "stats"):
+        if stats_sampler_issue(predictors, dist, M, name) is None:
+            return name
+    return "prompts"
+
+
 def mc_risk(
     predictors: Mapping[str, Predictor] | Sequence[Predictor],
     dist: TestDistribution,
@@ -183,6 +272,7 @@ def mc_risk(
     *,
     batch_size: int = 50_000,
     target: str = "y_q",
+    sampler: str = "auto",
     progress: bool = False,
 ) -> dict[str, MCEstimate]:
     """Monte Carlo test risk `E (y_hat - target)^2` of each predictor (theory.md §7–§8, §14).
@@ -202,6 +292,11 @@ def mc_risk(
       docstring for reproducibility.
     - `target`: `"y_q"` (the prompt's target, noisy iff `dist.noisy_target`) or `"clean"`
       (`<w, x_q>`).
+    - `sampler`: `"prompts"` (draw every prompt), `"stats"` (draw the sufficient statistics
+      `(S, g, c, x_q)`), `"subspace"` (draw them restricted to the directions the predictors
+      need) or `"auto"` (default: the first of subspace, stats, prompts that is exact, see
+      `auto_sampler`). `"stats"` and `"subspace"` raise `ValueError` where they are not exact
+      (`stats_sampler_issue` says why). See the module docstring.
     - `progress`: show a tqdm progress bar over batches.
 
     **Returns:** a dict name -> `MCEstimate`, in the order given.
@@ -222,13 +317,25 @@ def mc_risk(
         raise ValueError("`predictors` is empty; pass at least one predictor.")
     if target not in _TARGETS:
         raise ValueError(f"`target` must be one of {', '.join(_TARGETS)}; got {target!r}.")
+    if sampler not in _SAMPLERS:
+        raise ValueError(f"`sampler` must be one of {', '.join(_SAMPLERS)}; got {sampler!r}.")
     M, n, B = _check_common(dist, M, n_prompts, batch_size)
     for name, p in zip(names, preds, strict=True):
         _check_predictor(p, M, dist.d, f"predictor {name!r}")
     tup = tuple(preds)
+    if sampler == "auto":
+        sampler = auto_sampler(preds, dist, M)
+    elif sampler != "prompts":
+        issue = stats_sampler_issue(preds, dist, M, sampler)
+        if issue is not None:
+            raise ValueError(f"sampler={sampler!r} is not exact here: {issue}.")
+    noisy = float(np.asarray(dist.noise_std)) > 0.0
+    subspace = sampler == "subspace"
 
     def batch_fn(k: PRNGKeyArray, n_valid: Array) -> tuple[Array, Array]:
-        return _risk_batch(tup, dist, k, n_valid, B, M, target)
+        if sampler == "prompts":
+            return _risk_batch(tup, dist, k, n_valid, B, M, target)
+        return _risk_stats_batch(tup, dist, k, n_valid, B, M, target, noisy, subspace)
 
     est = _run(batch_fn, len(tup), n, B, key, progress, "mc_risk")
     return dict(zip(names, est, strict=True))

@@ -133,3 +133,176 @@ def plot_empirical(emp: pd.DataFrame, meta: dict, path: Path) -> Path:
         ax.legend(frameon=False, fontsize=8)
         ax.set_title(meta.get("title", ""), fontsize=9)
         return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# distribution shift (simulations.shift_checks)
+
+_BASELINE_STYLE: dict[str, dict[str, Any]] = {
+    "OLS": {"color": "C2", "marker": "s", "ls": "-"},
+    "Ridge(0.1)": {"color": "C4", "marker": "D", "ls": "--"},
+    "GD(α*)": {"color": "C1", "marker": "^", "ls": "-."},
+    "Averaging": {"color": "C5", "marker": "v", "ls": ":"},
+}
+
+
+def _positive_floor(values: np.ndarray) -> float:
+    v = values[np.isfinite(values) & (values > 0)]
+    return float(v.min()) if v.size else 1e-3
+
+
+def plot_shift_risk_vs_M(theory_df: pd.DataFrame, mc: pd.DataFrame, meta: dict, path: Path) -> Path:
+    """Test risk against M under each shift (theory.md §8.5): the trained LSA's exact risk
+    (§8.3) and its M -> infinity limit, Monte Carlo for the LSA (±2 SE) and for OLS, Ridge(0.1),
+    one-step GD with the step tuned on the training law, and averaging. Risks below the axis
+    (OLS interpolates: exactly 0 for M >= d without noise) are drawn on the bottom edge."""
+    panels = list(dict.fromkeys(theory_df["panel"]))
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.8), sharey=False)
+        axes = np.atleast_1d(axes)
+        for ax, panel in zip(axes, panels, strict=True):
+            th = theory_df[theory_df["panel"] == panel]
+            m = mc[mc["panel"] == panel]
+            lsa = m[m["predictor"] == "LSA"]
+            ax.loglog(th["M"], th["lsa_theory"], color="C0", lw=2, label="LSA exact (§8.3)")
+            ax.axhline(th["lsa_limit"].iloc[0], color="C0", ls=":", lw=1, label="LSA M→∞ limit")
+            ax.errorbar(
+                lsa["M"],
+                lsa["mean"],
+                yerr=2 * lsa["se"],
+                fmt="o",
+                color="C3",
+                ms=4,
+                capsize=2,
+                label="LSA Monte Carlo (±2 SE)",
+                zorder=5,
+            )
+            lo = 0.3 * min(
+                _positive_floor(th["lsa_theory"].to_numpy()),
+                _positive_floor(m.loc[m["mean"] > 1e-10 * m["mean"].max(), "mean"].to_numpy()),
+            )
+            for pred, style in _BASELINE_STYLE.items():
+                b = m[m["predictor"] == pred].sort_values("M")
+                if b.empty:
+                    continue
+                y = np.maximum(b["mean"].to_numpy(), lo)
+                ax.plot(b["M"], y, ms=4, lw=1, label=pred + " (MC)", **style)
+            ax.set_ylim(bottom=lo * 0.9)
+            ax.axvline(meta["N"], color="gray", ls=":", lw=1)
+            ax.set_title(panel, fontsize=9)
+            ax.set_xlabel("test prompt length M")
+        axes[0].set_ylabel(r"$E(\hat y - \langle w, x_q\rangle)^2$")
+        axes[-1].legend(frameon=False, fontsize=7, loc="upper right")
+        fig.suptitle(meta.get("title", "") + "  (gray: M = N)", fontsize=10)
+        return _save(fig, path)
+
+
+def plot_covariate_scale(theory_df: pd.DataFrame, mc: pd.DataFrame, meta: dict, path: Path) -> Path:
+    """Risk against the covariate scale c (prompt and query scaled by c; theory.md §8.5): the
+    LSA's exact finite-(N, M) risk grows like c^2 (c^2 - 1)^2 tr Lambda (its M, N -> infinity
+    limit), while OLS's risk does not depend on c (§8.7)."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(5.8, 4.0))
+        ax.loglog(theory_df["c"], theory_df["lsa_theory"], color="C0", lw=2, label="LSA exact")
+        lim = theory_df["lsa_limit"].to_numpy()
+        ok = lim > 1e-3 * _positive_floor(theory_df["lsa_theory"].to_numpy())
+        ax.loglog(
+            theory_df["c"][ok],
+            lim[ok],
+            "k--",
+            lw=1,
+            label=r"M, N→∞: $c^2(c^2-1)^2\,\mathrm{tr}\,\Lambda$",
+        )
+        ax.loglog(theory_df["c"], theory_df["ols_theory"], color="C2", lw=1.5, label="OLS exact")
+        for pred, color, marker in (("LSA", "C3", "o"), ("OLS", "C2", "s")):
+            b = mc[mc["predictor"] == pred]
+            ax.errorbar(
+                b["c"],
+                b["mean"],
+                yerr=2 * b["se"],
+                fmt=marker,
+                color=color,
+                ms=5,
+                capsize=2,
+                mfc="none" if pred == "OLS" else color,
+                label=f"{pred} Monte Carlo (±2 SE)",
+            )
+        ax.axvline(1.0, color="gray", ls=":", lw=1)
+        ax.set_ylim(bottom=0.3 * _positive_floor(theory_df["ols_theory"].to_numpy()))
+        ax.set_xlabel("covariate scale c  (x → c x at test)")
+        ax.set_ylabel(r"$E(\hat y - \langle w, x_q\rangle)^2$")
+        ax.legend(frameon=False, fontsize=8)
+        ax.set_title(meta.get("title", ""), fontsize=9)
+        return _save(fig, path)
+
+
+def plot_risk_vs_N(theory_df: pd.DataFrame, mc: pd.DataFrame, meta: dict, path: Path) -> Path:
+    """Risk at a fixed long test prompt against the training length N (theory.md §6–§7.3): the
+    exact R(N, M), the O(1/N^2) floor (M -> infinity) and the N -> infinity limit
+    (d+1) tr Lambda / M, with Monte Carlo for layers trained by gradient flow at several N."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(5.8, 4.0))
+        ax.loglog(theory_df["N"], theory_df["risk"], color="C0", lw=2, label="exact R(N, M)")
+        ax.loglog(
+            theory_df["N"], theory_df["floor"], "k--", lw=1, label="floor M→∞ (∝ 1/N², Cor. 4.3)"
+        )
+        ax.axhline(
+            theory_df["limit_large_N"].iloc[0],
+            color="gray",
+            ls=":",
+            lw=1,
+            label="N→∞: (d+1) tr Λ / M",
+        )
+        ax.errorbar(
+            mc["N"],
+            mc["mean"],
+            yerr=2 * mc["se"],
+            fmt="o",
+            color="C3",
+            ms=5,
+            capsize=3,
+            label="Monte Carlo, trained by gradient flow (±2 SE)",
+        )
+        ax.set_xlabel("training prompt length N")
+        ax.set_ylabel(r"$E(\hat y - y_q)^2$")
+        ax.legend(frameon=False, fontsize=8)
+        ax.set_title(meta.get("title", ""), fontsize=9)
+        return _save(fig, path)
+
+
+def plot_garg_panels(garg: pd.DataFrame, meta: dict, path: Path) -> Path:
+    """One panel per evaluation of Garg et al. (theory.md §12): squared error / d of the LSA
+    (trained on x ~ N(0, I)) and of OLS against the number of in-context examples."""
+    evals = list(dict.fromkeys(garg["evaluation"]))
+    ncol = 5
+    nrow = -(-len(evals) // ncol)
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(nrow, ncol, figsize=(3.0 * ncol, 2.5 * nrow), squeeze=False)
+        for ax, name in zip(axes.ravel(), evals, strict=False):
+            g = garg[garg["evaluation"] == name]
+            for pred, color, marker in (("LSA", "C3", "o"), ("OLS", "C2", "s")):
+                b = g[g["predictor"] == pred].sort_values("M")
+                ax.errorbar(
+                    b["M"],
+                    b["mean"],
+                    yerr=2 * b["se"],
+                    color=color,
+                    marker=marker,
+                    ms=3,
+                    lw=1,
+                    capsize=1.5,
+                    label=pred,
+                )
+            ax.axvline(g["d"].iloc[0], color="gray", ls=":", lw=1)
+            ax.set_title(name, fontsize=9)
+            ax.set_ylim(bottom=0)
+            ax.tick_params(labelsize=7)
+        for ax in axes.ravel()[len(evals) :]:
+            ax.set_visible(False)
+        for ax in axes[-1]:
+            ax.set_xlabel("in-context examples M", fontsize=8)
+        for ax in axes[:, 0]:
+            ax.set_ylabel("squared error / d", fontsize=8)
+        axes[0, 0].legend(frameon=False, fontsize=7)
+        fig.suptitle(meta.get("title", "") + "  (gray: M = d)", fontsize=10)
+        return _save(fig, path)

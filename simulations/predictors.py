@@ -24,6 +24,13 @@ Everything is float64 (importing `lsa` switches JAX to float64).
 - `Averaging()`: `x_q^T (1/M) sum_i y_i x_i` (Garg et al.);
 - `KNN(k, weighting, exponent)`: (weighted) mean label of the `k` nearest `x_i` [AKY §4.3].
 
+**Sufficient statistics.** LSA, OLS, ridge, Bayes ridge, GD and averaging see a prompt only through
+`S = X^T X`, `g = X^T y`, `c = y^T y` and the query; they also implement
+`predictor.from_stats(stats)` on a `PromptStats`, the prompt compressed to `r <= M` pseudo-examples
+with the same `S` and `g` (the QR compression `X = Q T`: pseudo-inputs `T`, labels `Q^T y`) and
+the residual sum of squares `c - ||Q^T y||^2`. `from_stats` equals the call on the full prompt up
+to round-off (tested); `simulations.montecarlo.mc_risk` uses it to sample `(S, g, c)` directly.
+
 `linear_G(predictor, d, M)` returns the preconditioner `G` of a predictor that is linear in
 `h = (1/M) sum_i y_i x_i`, i.e. `y_hat = h^T G x_q` (theory.md §6, §8.3, §11.3), or `None`.
 """
@@ -50,6 +57,7 @@ __all__ = [
     "BayesRidge",
     "LSAPredictor",
     "Predictor",
+    "PromptStats",
     "Ridge",
     "at_every_prefix",
     "check_prompt_arrays",
@@ -99,20 +107,82 @@ def check_prompt_arrays(
 
 
 def _min_norm_solve(
-    X: Float[Array, "B M d"], y: Float[Array, "B M"], lam: Float[Array, ""]
+    X: Float[Array, "B M d"],
+    y: Float[Array, "B M"],
+    lam: Float[Array, ""],
+    rows: int | None = None,
 ) -> Float[Array, "B d"]:
     """`(X^T X + lam I)^{-1} X^T y` by SVD; with `lam = 0` the minimum-norm least-squares solution.
 
     Singular values below `10 max(M, d) eps s_max` (the `numpy.linalg.pinv` rule) are dropped, so
     rows of zeros (masked examples) and rank deficiency (M < d) give the min-norm solution.
+    `rows` replaces `M` in that rule (a compressed prompt stands for `rows` examples).
     """
     M, d = X.shape[-2], X.shape[-1]
+    if rows is not None:
+        M = rows
     U, s, Vt = jnp.linalg.svd(X, full_matrices=False)
     tol = 10.0 * max(M, d) * jnp.finfo(_F64).eps * s[..., :1]
     keep = s > tol
     f = jnp.where(keep, s / jnp.where(keep, s * s + lam, 1.0), 0.0)
     coef = f * jnp.einsum("...mk,...m->...k", U, y)
     return jnp.einsum("...kd,...k->...d", Vt, coef)
+
+
+class PromptStats(eqx.Module):
+    """A batch of prompts compressed to the sufficient statistics `(S, g, c, x_q)`.
+
+    `r` pseudo-examples `X` (rows) with labels `y` stand for the `M` examples of each prompt:
+    `X^T X = S = sum_i x_i x_i^T` and `X^T y = g = sum_i y_i x_i`, and `rss` completes the sum
+    of squared labels, `||y||^2 + rss = c = sum_i y_i^2`. The QR compression of a prompt
+    (`X = Q T`, pseudo-inputs `T`, labels `Q^T y`, `rss = ||y - Q Q^T y||^2`) is one example
+    (`from_prompts`); the sufficient-statistics sampler of `TestDistribution` draws such a
+    compression directly (theory: Bartlett decomposition of the Wishart matrix `S`).
+
+    **Fields:** `X` `(B, r, d)`, `y` `(B, r)`, `rss` `(B,)`, `x_q` `(B, d)`, and `M` (static), the
+    number of in-context examples the statistics summarise (it normalises the LSA and averaging).
+    """
+
+    X: Float[Array, "B r d"]
+    y: Float[Array, "B r"]
+    rss: Float[Array, " B"]
+    x_q: Float[Array, "B d"]
+    M: int = eqx.field(static=True)
+
+    @property
+    def S(self) -> Float[Array, "B d d"]:
+        """`S = X^T X`."""
+        return jnp.einsum("bri,brj->bij", self.X, self.X)
+
+    @property
+    def g(self) -> Float[Array, "B d"]:
+        """`g = X^T y`."""
+        return jnp.einsum("brd,br->bd", self.X, self.y)
+
+    @property
+    def c(self) -> Float[Array, " B"]:
+        """`c = sum_i y_i^2`."""
+        return jnp.sum(self.y * self.y, axis=-1) + self.rss
+
+    @classmethod
+    def from_prompts(
+        cls,
+        X: Float[ArrayLike, "B M d"],
+        y: Float[ArrayLike, "B M"],
+        x_q: Float[ArrayLike, "B d"],
+        compress: bool = True,
+    ) -> PromptStats:
+        """The statistics of explicit prompts: with `compress` (and `M > d`) the QR compression
+        to `d` pseudo-examples, otherwise the `M` examples themselves (`rss = 0`)."""
+        Xa, ya, qa = check_prompt_arrays(X, y, x_q)
+        assert qa is not None
+        B, M, d = Xa.shape
+        if not compress or M <= d:
+            return cls(X=Xa, y=ya, rss=jnp.zeros((B,), _F64), x_q=qa, M=M)
+        Q, T = jnp.linalg.qr(Xa)  # Q (B, M, d), T (B, d, d)
+        yc = jnp.einsum("bmd,bm->bd", Q, ya)
+        resid = ya - jnp.einsum("bmd,bd->bm", Q, yc)
+        return cls(X=T, y=yc, rss=jnp.sum(resid * resid, axis=-1), x_q=qa, M=M)
 
 
 def _apply_mask(
@@ -144,6 +214,35 @@ class Predictor(eqx.Module):
         x_q: Float[Array, "B d"],
         mask: Float[Array, " M"] | None = None,
     ) -> Float[Array, " B"]: ...
+
+    def _from_stats(self, stats: PromptStats) -> Float[Array, " B"]:
+        """The prediction from the sufficient statistics; overridden by the predictors that see
+        the prompt only through `(S, g, c, x_q)`."""
+        raise NotImplementedError(f"{self.name} does not predict from sufficient statistics.")
+
+    def _stats_directions(self, x_q: Float[Array, "B d"]) -> Float[Array, "B j d"] | None:
+        """Directions `p_1 .. p_j` (per prompt, functions of the query) such that the prediction
+        depends on `S` and `g` only through `p_a^T S p_b`, `p_a^T g` (and `c`, `x_q`); `None` if
+        the whole of `S` matters. Whether it is `None` must not depend on the values (it is
+        decided from shapes). Lets the sampler draw `S` restricted to a small subspace."""
+        return None
+
+    @property
+    def supports_stats(self) -> bool:
+        """True if the prediction depends on the prompt only through `(S, g, c, x_q)`
+        (`from_stats` is implemented)."""
+        return type(self)._from_stats is not Predictor._from_stats
+
+    def from_stats(self, stats: PromptStats) -> Float[Array, " B"]:
+        """Predict from a `PromptStats` batch; equals the call on the prompts it summarises up to
+        round-off. Raises `TypeError` if the predictor needs the prompt itself
+        (`supports_stats` is False)."""
+        if not isinstance(stats, PromptStats):
+            raise TypeError(f"`stats` must be a PromptStats; got {type(stats).__name__}.")
+        if not self.supports_stats:
+            raise TypeError(f"{self.name} does not predict from sufficient statistics.")
+        self.check_dims(stats.M, stats.X.shape[-1])
+        return _stats_jit(self, stats)
 
     def min_examples(self) -> int:
         """The smallest prompt length `M` this predictor accepts."""
@@ -206,6 +305,11 @@ def _predict_jit(
     predictor: Predictor, X: Array, y: Array, x_q: Array, mask: Array | None = None
 ) -> Array:
     return predictor._predict(X, y, x_q, mask)
+
+
+@eqx.filter_jit
+def _stats_jit(predictor: Predictor, stats: PromptStats) -> Array:
+    return predictor._from_stats(stats)
 
 
 @eqx.filter_jit
@@ -293,6 +397,25 @@ class LSAPredictor(Predictor):
         full = lsa.predict_prompt(Xm, ym, x_q, self.W_PV, self.W_KQ)
         return jnp.where(n > 0, full * (M / jnp.where(n > 0, n, 1.0)), 0.0)
 
+    def _stats_directions(self, x_q: Float[Array, "B d"]) -> Float[Array, "B 2 d"]:
+        # S enters only through a^T S v with a = W_PV[d, :d] and v = W_KQ[:d, :d] x_q, and g
+        # through a^T g and v^T g.
+        a = jnp.broadcast_to(self.W_PV[-1, :-1], x_q.shape)
+        return jnp.stack([a, x_q @ self.W_KQ[:-1, :-1].T], axis=1)
+
+    def _from_stats(self, stats: PromptStats) -> Float[Array, " B"]:
+        # lsa.predict_prompt on the pseudo-examples, normalised by M, with the label entry of
+        # E E^T completed by rss: w_row^T (E E^T / M) W_KQ[:, :d] x_q, where
+        # E E^T = [[S + x_q x_q^T, g], [g^T, c]].
+        X, y, x_q = stats.X, stats.y, stats.x_q
+        v = x_q @ self.W_KQ[:, :-1].T  # (B, d+1)
+        ctx = jnp.sum(X * v[:, None, :-1], axis=-1) + y * v[:, -1:]  # (B, r)
+        qry = jnp.sum(x_q * v[:, :-1], axis=-1)
+        top = jnp.sum(X * ctx[:, :, None], axis=1) + x_q * qry[:, None]  # S v + g v_d + x_q qry
+        bot = jnp.sum(y * ctx, axis=-1) + stats.rss * v[:, -1]  # g^T v + c v_d
+        w = self.W_PV[-1]
+        return (top @ w[:-1] + bot * w[-1]) / stats.M
+
 
 # ----------------------------------------------------------------------------------------------
 # least squares, ridge, Bayes ridge
@@ -313,6 +436,11 @@ class OLS(Predictor):
         Xm, ym = _apply_mask(X, y, mask)
         w = _min_norm_solve(Xm, ym, _scalar(0.0))
         return jnp.einsum("bd,bd->b", w, x_q)
+
+    def _from_stats(self, stats: PromptStats) -> Float[Array, " B"]:
+        # X = Q T: X^+ y = T^+ Q^T y, the same singular values (tolerance rule with M rows).
+        w = _min_norm_solve(stats.X, stats.y, _scalar(0.0), rows=stats.M)
+        return jnp.einsum("bd,bd->b", w, stats.x_q)
 
 
 class Ridge(Predictor):
@@ -340,6 +468,10 @@ class Ridge(Predictor):
         Xm, ym = _apply_mask(X, y, mask)
         w = _min_norm_solve(Xm, ym, self.lam)
         return jnp.einsum("bd,bd->b", w, x_q)
+
+    def _from_stats(self, stats: PromptStats) -> Float[Array, " B"]:
+        w = _min_norm_solve(stats.X, stats.y, self.lam, rows=stats.M)
+        return jnp.einsum("bd,bd->b", w, stats.x_q)
 
 
 class BayesRidge(Predictor):
@@ -374,6 +506,10 @@ class BayesRidge(Predictor):
         Xm, ym = _apply_mask(X, y, mask)
         w = _min_norm_solve(Xm, ym, self.lam)
         return jnp.einsum("bd,bd->b", w, x_q)
+
+    def _from_stats(self, stats: PromptStats) -> Float[Array, " B"]:
+        w = _min_norm_solve(stats.X, stats.y, self.lam, rows=stats.M)
+        return jnp.einsum("bd,bd->b", w, stats.x_q)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -420,6 +556,14 @@ class GD(Predictor):
 
         w = jax.lax.fori_loop(0, self.steps, step, jnp.zeros_like(b))
         return jnp.einsum("bd,bd->b", w, x_q)
+
+    def _stats_directions(self, x_q: Float[Array, "B d"]) -> Float[Array, "B 1 d"] | None:
+        # one step from 0: y_hat = 2 alpha g^T x_q; more steps need powers of S
+        return x_q[:, None, :] if self.steps == 1 else None
+
+    def _from_stats(self, stats: PromptStats) -> Float[Array, " B"]:
+        # the iteration sees the prompt only through X^T X and X^T y
+        return self._predict(stats.X, stats.y, stats.x_q)
 
 
 class SGD(Predictor):
@@ -493,6 +637,12 @@ class Averaging(Predictor):
         n_safe = jnp.where(n > 0, n, 1.0)
         h = jnp.einsum("bmd,bm->bd", Xm, ym) / n_safe
         return jnp.where(n > 0, jnp.einsum("bd,bd->b", h, x_q), 0.0)
+
+    def _stats_directions(self, x_q: Float[Array, "B d"]) -> Float[Array, "B 1 d"]:
+        return x_q[:, None, :]
+
+    def _from_stats(self, stats: PromptStats) -> Float[Array, " B"]:
+        return jnp.einsum("bd,bd->b", stats.g, stats.x_q) / stats.M
 
 
 # ----------------------------------------------------------------------------------------------

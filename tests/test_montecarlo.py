@@ -23,7 +23,15 @@ from simulations.distributions import (
     TestDistribution,
     named_shift,
 )
-from simulations.montecarlo import MCEstimate, _Accumulator, _batch_key, mc_ilwd, mc_risk, mc_spd
+from simulations.montecarlo import (
+    MCEstimate,
+    _Accumulator,
+    _batch_key,
+    auto_sampler,
+    mc_ilwd,
+    mc_risk,
+    mc_spd,
+)
 from simulations.predictors import GD, KNN, OLS, LSAPredictor, linear_G
 
 Z_MAX = 4.0  # acceptance bound on |z| (fixed in advance)
@@ -65,8 +73,14 @@ def _gaussian_set(inst):
 
 
 def test_no_shift_and_rho_mutation(inst):
-    """§7.3: R(N, M) at M != N; the rho = N convention is rejected by a wide margin."""
+    """§7.3: R(N, M) at M != N; the rho = N convention is rejected by a wide margin.
+
+    Like every Gaussian case in this file it runs through `sampler="auto"`: the sets with OLS
+    use the full sufficient statistics, the LSA alone its subspace statistics (asserted here;
+    test_montecarlo_stats.py checks those samplers against the prompts)."""
     Lam = inst["Lambda"]
+    assert auto_sampler(_gaussian_set(inst), named_shift("none", Lam), M) == "stats"
+    assert auto_sampler([inst["lsa"]], named_shift("none", Lam), M) == "subspace"
     res = mc_risk(
         _gaussian_set(inst), named_shift("none", Lam), M, N_MC, jax.random.PRNGKey(1),
         batch_size=BATCH,
@@ -187,8 +201,9 @@ def test_batches_combine_exactly(inst):
     dist = named_shift("none", Lam)
     n, B = 2_500, 1_000
     key = jax.random.PRNGKey(11)
-    est = mc_risk({"lsa": inst["lsa"]}, dist, M, n, key, batch_size=B)["lsa"]
-    again = mc_risk([inst["lsa"]], dist, M, n, key, batch_size=B, progress=True)["LSA"]
+    kw = {"batch_size": B, "sampler": "prompts"}
+    est = mc_risk({"lsa": inst["lsa"]}, dist, M, n, key, **kw)["lsa"]
+    again = mc_risk([inst["lsa"]], dist, M, n, key, progress=True, **kw)["LSA"]
     assert est == again  # same key and batch size: identical
     errs = []
     for b in range(3):
