@@ -7,17 +7,26 @@ for a non-diagonal Lambda (condition number 10) and N = 40, no shift, 10^7 promp
   the embedding `E` of shape (B, d+1, M+1) and applies the literal map
   `E + W_PV E (E^T W_KQ E) / M` with batched matmuls, reads `[-1, -1]` and accumulates the
   squared error. It is timed on `--baseline-prompts` prompts and its rate extrapolated.
-- **lsa-flow**: `simulations.montecarlo.mc_risk` with `LSAPredictor` (which evaluates only the
-  last column of the map, `lsa.predict_prompt`), jit-compiled per batch. Compilation is timed
-  separately. If the full run would take longer than `--max-seconds`, a fraction is run (and
-  reported as such).
+- **lsa-flow**: `simulations.montecarlo.mc_risk` with `LSAPredictor`, jit-compiled per batch,
+  with each of its three samplers (all exact in law; they draw different random streams):
+  - `prompts`: draws every prompt (`M d = 800` normals) and evaluates the last column of the
+    map only (`lsa.predict_prompt`);
+  - `stats`: draws the sufficient statistics `(S, g, c, x_q)` directly (Bartlett decomposition
+    of the Wishart matrix `S = X^T X`: `d (d-1)/2 = 190` normals and `d` chi-squares per prompt)
+    and predicts from them (`Predictor.from_stats`);
+  - `subspace` (what `sampler="auto"` picks here): the LSA needs `S` only along
+    `a = W_PV[d, :d]` and `W_KQ[:d, :d] x_q`, so by the rotation invariance of the Wishart law
+    it draws `S` restricted to the span of those and `w` (3 dimensions: 3 normals and 3
+    chi-squares per prompt, plus `w` and `x_q`).
+  Compilation is timed separately. A sampler whose full run would take longer than its time cap
+  (`--max-seconds` for `subspace`, `--other-max-seconds` for the other two) runs a fraction of
+  the prompts, reported as such, with the full time extrapolated.
 
-Both estimates are compared with the closed form `theory.risk(Lambda, N, M)` (z-scores), and
-the time per prompt is split into sampling and the map for each implementation, because the
-two share the cost of drawing ~880 Gaussian numbers per prompt.
+Every estimate is compared with the closed form `theory.risk(Lambda, N, M)` (z-scores), and the
+time per prompt is split into sampling and prediction for each implementation.
 
-    python benchmarks/montecarlo.py            # 10^7 prompts (or a fraction, see above)
-    python benchmarks/montecarlo.py --quick    # a few seconds
+    python benchmarks/montecarlo.py            # 10^7 prompts (or fractions, see above)
+    python benchmarks/montecarlo.py --quick    # a few seconds per sampler
 """
 
 from __future__ import annotations
@@ -32,8 +41,8 @@ import numpy as np
 
 import lsa
 import theory
-from simulations.distributions import named_shift, rbg_key
-from simulations.montecarlo import mc_risk
+from simulations.distributions import named_shift, rbg_key, rbg_threefry_key
+from simulations.montecarlo import auto_sampler, mc_risk
 from simulations.predictors import LSAPredictor
 
 D, M, N = 20, 40, 40
@@ -73,7 +82,7 @@ def numpy_risk(n, batch, L, W_PV, W_KQ, seed):
 
 
 def split_times(L, W_PV, W_KQ, dist, pred, B, reps=3):
-    """Seconds per prompt of sampling and of the map alone, for numpy and for lsa-flow."""
+    """Microseconds per prompt of sampling and of prediction: numpy and each lsa-flow sampler."""
     rng = np.random.default_rng(1)
     t = time.perf_counter()
     for _ in range(reps):
@@ -81,7 +90,7 @@ def split_times(L, W_PV, W_KQ, dist, pred, B, reps=3):
         x_q = rng.standard_normal((B, D)) @ L.T
         w = rng.standard_normal((B, D))
         y = np.einsum("bmd,bd->bm", X, w)
-    np_sample = (time.perf_counter() - t) / (reps * B)
+    out = {"numpy": [(time.perf_counter() - t) / (reps * B)]}
     E = np.empty((B, D + 1, M + 1))
     t = time.perf_counter()
     for _ in range(reps):
@@ -91,22 +100,57 @@ def split_times(L, W_PV, W_KQ, dist, pred, B, reps=3):
         E[:, D, M] = 0.0
         F = E + W_PV @ E @ (E.transpose(0, 2, 1) @ W_KQ @ E) / M
         F[:, -1, -1].sum()
-    np_map = (time.perf_counter() - t) / (reps * B)
+    out["numpy"].append((time.perf_counter() - t) / (reps * B))
 
-    sample = jax.jit(lambda k: dist._sample(k, B, M))
-    predict = jax.jit(lambda P: pred._predict(P.X, P.y, P.x_q).sum())
-    k0 = rbg_key(jax.random.PRNGKey(0))
-    P = jax.block_until_ready(sample(k0))
-    jax.block_until_ready(predict(P))
-    t = time.perf_counter()
-    for i in range(reps):
-        P = jax.block_until_ready(sample(rbg_key(jax.random.PRNGKey(i + 1))))
-    jx_sample = (time.perf_counter() - t) / (reps * B)
-    t = time.perf_counter()
-    for _ in range(reps):
+    samplers = {
+        "prompts": (
+            lambda k: dist._sample(k, B, M),
+            lambda P: pred._predict(P.X, P.y, P.x_q).sum(),
+        ),
+        "stats": (
+            lambda k: dist._sample_stats(k, B, M, False)[0],
+            lambda st: pred._from_stats(st).sum(),
+        ),
+        "subspace": (
+            lambda k: dist._sample_stats(k, B, M, False, pred._stats_directions)[0],
+            lambda st: pred._from_stats(st).sum(),
+        ),
+    }
+    for name, (sample_fn, predict_fn) in samplers.items():
+        sample, predict = jax.jit(sample_fn), jax.jit(predict_fn)
+        # the keys mc_risk uses: rbg for the prompts, RngBitGenerator's THREE_FRY for the stats
+        to_key = rbg_key if name == "prompts" else lambda k: rbg_threefry_key(rbg_key(k))
+        keys = [jax.block_until_ready(to_key(jax.random.PRNGKey(i))) for i in range(reps + 1)]
+        P = jax.block_until_ready(sample(keys[0]))
         jax.block_until_ready(predict(P))
-    jx_map = (time.perf_counter() - t) / (reps * B)
-    return np_sample, np_map, jx_sample, jx_map
+        t = time.perf_counter()
+        for i in range(reps):
+            P = jax.block_until_ready(sample(keys[i + 1]))
+        t_sample = (time.perf_counter() - t) / (reps * B)
+        t = time.perf_counter()
+        for _ in range(reps):
+            jax.block_until_ready(predict(P))
+        out[name] = [t_sample, (time.perf_counter() - t) / (reps * B)]
+    return {k: [1e6 * x for x in v] for k, v in out.items()}
+
+
+def run_flow(pred, dist, n_flow, B, key, sampler, max_seconds):
+    """Compile on one batch, time one more, size the run to the cap, run it."""
+    kw = {"batch_size": B, "sampler": sampler}
+    t = time.perf_counter()
+    mc_risk({"lsa": pred}, dist, M, B, key, **kw)
+    t_first = time.perf_counter() - t
+    t = time.perf_counter()
+    mc_risk({"lsa": pred}, dist, M, B, jax.random.fold_in(key, 1), **kw)
+    t_batch = time.perf_counter() - t
+    n_run = n_flow
+    if n_flow / B * t_batch > max_seconds:
+        n_run = max(B, int(max_seconds / t_batch) * B)
+    t = time.perf_counter()
+    est = mc_risk({"lsa": pred}, dist, M, n_run, key, **kw)["lsa"]
+    dt = time.perf_counter() - t
+    return {"n": n_run, "dt": dt, "rate": n_run / dt, "est": est,
+            "compile": max(t_first - t_batch, 0.0)}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", type=float, default=1e7, help="lsa-flow prompts (default 1e7)")
     ap.add_argument("--baseline-prompts", type=float, default=2e5, help="numpy prompts timed")
     ap.add_argument("--batch-size", type=int, default=25_000, help="prompts per batch")
-    ap.add_argument("--max-seconds", type=float, default=120.0, help="cap on the lsa-flow run")
+    ap.add_argument("--max-seconds", type=float, default=90.0,
+                    help="cap on the lsa-flow run with the subspace sampler")  # fmt: skip
+    ap.add_argument("--other-max-seconds", type=float, default=30.0,
+                    help="cap on each of the runs with the prompts and stats samplers")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="2e5 / 2e4 prompts, a few seconds")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -129,56 +176,50 @@ def main(argv: list[str] | None = None) -> int:
     pred = LSAPredictor(W_PV, W_KQ)
     dist = named_shift("none", Lam)
     key = jax.random.PRNGKey(args.seed + 1)
+    auto = auto_sampler([pred], dist, M)
 
     print(f"d = {D}, M = {M}, N = {N}, kappa(Lambda) = 10 (non-diagonal), closed form R = {R:.6g}")
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPU(s), "
-          f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+          f"load average {os.getloadavg()[0]:.1f}; sampler='auto' picks {auto!r}")  # fmt: skip
 
     # numpy baseline
     np_mean, np_se, np_dt = numpy_risk(n_np, 5_000, L, W_PV, W_KQ, args.seed)
     np_rate = n_np / np_dt
 
-    # lsa-flow: compile on one batch, then size the run to the time cap
-    t = time.perf_counter()
-    mc_risk({"lsa": pred}, dist, M, B, key, batch_size=B)
-    t_first = time.perf_counter() - t
-    t = time.perf_counter()
-    mc_risk({"lsa": pred}, dist, M, B, jax.random.fold_in(key, 1), batch_size=B)
-    t_batch = time.perf_counter() - t
-    compile_s = max(t_first - t_batch, 0.0)
-    n_run = n_flow
-    if n_flow / B * t_batch > args.max_seconds:
-        n_run = max(B, int(args.max_seconds / t_batch) * B)
-    t = time.perf_counter()
-    est = mc_risk({"lsa": pred}, dist, M, n_run, key, batch_size=B)["lsa"]
-    fl_dt = time.perf_counter() - t
-    fl_rate = n_run / fl_dt
+    runs = {}
+    for sampler in ("prompts", "stats", "subspace"):
+        cap = args.max_seconds if sampler == "subspace" else args.other_max_seconds
+        runs[sampler] = run_flow(pred, dist, n_flow, B, key, sampler, cap)
 
-    nps, npm, jxs, jxm = split_times(L, W_PV, W_KQ, dist, pred, min(B, 5_000))
+    split = split_times(L, W_PV, W_KQ, dist, pred, min(B, 5_000))
 
     print()
-    print("| implementation | prompts | seconds | prompts/s | risk ± SE | z vs closed form |")
-    print("|---|---|---|---|---|---|")
-    print(f"| numpy loop (literal E map) | {n_np:.3g} | {np_dt:.2f} | {np_rate:,.0f} | "
-          f"{np_mean:.5g} ± {np_se:.2g} | {(np_mean - R) / np_se:+.2f} |")  # fmt: skip
-    print(f"| lsa-flow mc_risk (LSAPredictor) | {n_run:.3g} | {fl_dt:.2f} | {fl_rate:,.0f} | "
-          f"{est.mean:.5g} ± {est.se:.2g} | {est.z(R):+.2f} |")  # fmt: skip
+    print("| implementation | prompts run | seconds | prompts/s | vs numpy | "
+          f"time for {n_flow:.3g} | compile (s) | risk ± SE | z vs closed form |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| numpy loop (literal E map) | {n_np:.3g} | {np_dt:.2f} | {np_rate:,.0f} | 1.0x | "
+          f"{n_flow / np_rate:.0f} s (extrapolated) | - | {np_mean:.5g} ± {np_se:.2g} | "
+          f"{(np_mean - R) / np_se:+.2f} |")  # fmt: skip
+    for sampler, r in runs.items():
+        est = r["est"]
+        full = f"{n_flow / r['rate']:.0f} s"
+        if r["n"] < n_flow:
+            full += " (extrapolated)"
+        print(f"| lsa-flow mc_risk, sampler={sampler!r} | {r['n']:.3g} | {r['dt']:.2f} | "
+              f"{r['rate']:,.0f} | {r['rate'] / np_rate:.1f}x | {full} | {r['compile']:.2f} | "
+              f"{est.mean:.5g} ± {est.se:.2g} | {est.z(R):+.2f} |")  # fmt: skip
     print()
-    if n_run < n_flow:
-        print(f"lsa-flow ran {n_run:.3g} of the requested {n_flow:.3g} prompts (time cap "
-              f"{args.max_seconds:g} s); at {fl_rate:,.0f} prompts/s the full run would take "
-              f"{n_flow / fl_rate:.0f} s.")  # fmt: skip
-    print(f"numpy baseline extrapolated to {n_flow:.3g} prompts: {n_flow / np_rate:.0f} s")
-    print(f"lsa-flow compilation (once per shape): {compile_s:.2f} s")
-    print(f"speed-up (prompts/s, lsa-flow / numpy): {fl_rate / np_rate:.1f}x")
+    for sampler, r in runs.items():
+        if r["n"] < n_flow:
+            print(f"sampler={sampler!r} ran {r['n']:.3g} of the requested {n_flow:.3g} prompts "
+                  f"(time cap); at {r['rate']:,.0f} prompts/s the full run would take "
+                  f"{n_flow / r['rate']:.0f} s.")  # fmt: skip
     print()
-    print("time per prompt (microseconds), split into sampling and the map:")
-    print("| implementation | sampling | map | total |")
+    print("time per prompt (microseconds), split into sampling and prediction:")
+    print("| implementation | sampling | prediction | total |")
     print("|---|---|---|---|")
-    print(f"| numpy | {nps * 1e6:.2f} | {npm * 1e6:.2f} | {(nps + npm) * 1e6:.2f} |")
-    print(f"| lsa-flow | {jxs * 1e6:.2f} | {jxm * 1e6:.2f} | {(jxs + jxm) * 1e6:.2f} |")
-    print(f"map alone: lsa-flow is {npm / jxm:.0f}x faster (last column only, O(M d) per prompt "
-          f"instead of O(M^2 d)); sampling alone: {nps / jxs:.1f}x.")  # fmt: skip
+    for name, (ts, tm) in split.items():
+        print(f"| {name} | {ts:.2f} | {tm:.2f} | {ts + tm:.2f} |")
     return 0
 
 

@@ -230,8 +230,21 @@ class Predictor(eqx.Module):
     @property
     def supports_stats(self) -> bool:
         """True if the prediction depends on the prompt only through `(S, g, c, x_q)`
-        (`from_stats` is implemented)."""
-        return type(self)._from_stats is not Predictor._from_stats
+        (`from_stats` is implemented, by the class that defines `_predict` or a subclass of it:
+        a subclass that changes `_predict` alone loses the statistics path)."""
+        cls = type(self)
+        return cls._from_stats is not Predictor._from_stats and issubclass(
+            _definer(cls, "_from_stats"), _definer(cls, "_predict")
+        )
+
+    def _stats_dirs(self, x_q: Float[Array, "B d"]) -> Float[Array, "B j d"] | None:
+        """`_stats_directions`, or `None` when a subclass changed `_predict` or `_from_stats`
+        below the class that declared the directions (they may no longer hold)."""
+        cls = type(self)
+        where = _definer(cls, "_stats_directions")
+        if not self.supports_stats or not issubclass(where, _definer(cls, "_from_stats")):
+            return None
+        return self._stats_directions(x_q)
 
     def from_stats(self, stats: PromptStats) -> Float[Array, " B"]:
         """Predict from a `PromptStats` batch; equals the call on the prompts it summarises up to
@@ -305,6 +318,11 @@ def _predict_jit(
     predictor: Predictor, X: Array, y: Array, x_q: Array, mask: Array | None = None
 ) -> Array:
     return predictor._predict(X, y, x_q, mask)
+
+
+def _definer(cls: type, name: str) -> type:
+    """The class in the MRO of `cls` that defines the attribute `name`."""
+    return next(c for c in cls.__mro__ if name in vars(c))
 
 
 @eqx.filter_jit

@@ -166,8 +166,24 @@ def test_unsupported_predictors(rng):
         assert not p.supports_stats
         with pytest.raises(TypeError, match="sufficient statistics"):
             p.from_stats(st)
-    assert GD(0.1, steps=2)._stats_directions(jnp.asarray(q)) is None
-    assert OLS()._stats_directions(jnp.asarray(q)) is None
+    assert GD(0.1, steps=2)._stats_dirs(jnp.asarray(q)) is None
+    assert OLS()._stats_dirs(jnp.asarray(q)) is None
+
+    # a subclass that changes _predict alone loses the statistics path; one that also changes
+    # _from_stats keeps it, but not the directions declared above it
+    class Doubled(LSAPredictor):
+        def _predict(self, X, y, x_q, mask=None):
+            return 2.0 * super()._predict(X, y, x_q, mask)
+
+    class DoubledStats(Doubled):
+        def _from_stats(self, stats):
+            return 2.0 * super()._from_stats(stats)
+
+    W = np.eye(4)
+    assert LSAPredictor(W, W)._stats_dirs(jnp.asarray(q)).shape == (4, 2, 3)
+    assert not Doubled(W, W).supports_stats
+    assert DoubledStats(W, W).supports_stats
+    assert DoubledStats(W, W)._stats_dirs(jnp.asarray(q)) is None
     with pytest.raises(TypeError, match="PromptStats"):
         OLS().from_stats((X, y, q))
 
