@@ -92,7 +92,7 @@ def test_hash_is_canonical_and_pinned():
     assert a.hash == b.hash != c.hash
     assert a.run_name == f"h-{a.hash}" and len(a.hash) == 12
     # pinned: a change here silently orphans every existing run directory
-    assert a.hash == "a95b9758283b"
+    assert a.hash == "d3c4023b255d"
 
 
 def test_toml_round_trip(tmp_path):
