@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -176,6 +177,22 @@ def _check_predictor(p: object, M: int, d: int, what: str) -> Predictor:
 # risk
 
 
+def one_at_a_time(fns: Sequence[Callable[..., Array]], *args: Any) -> Float[Array, "K B"]:
+    """`stack([f(*args) for f in fns])`, evaluated one function after the other.
+
+    The functions (each returning an array of one shape) become the branches of a `lax.switch`
+    inside a `lax.map` over their index, so the compiled program runs one branch at a time. Side
+    by side as independent branches of one program, four or more batched LAPACK calls (the SVD
+    of OLS and ridge, QR) were seen to deadlock XLA's CPU runtime on a 2-core machine (jax 0.10.2:
+    every thread idle in a futex wait, for good); in a loop they never did. Each branch is itself
+    a batched computation, so nothing measurable is lost.
+    """
+    if len(fns) == 1:
+        return fns[0](*args)[None]
+    branches = [lambda a, f=f: f(*a) for f in fns]
+    return jax.lax.map(lambda i: jax.lax.switch(i, branches, args), jnp.arange(len(fns)))
+
+
 @eqx.filter_jit
 def _risk_batch(
     preds: tuple[Predictor, ...],
@@ -188,7 +205,10 @@ def _risk_batch(
 ) -> tuple[Array, Array]:
     P = dist._sample(key, B, M)
     tgt = P.y_q if target == "y_q" else jnp.einsum("bd,bd->b", P.x_q, P.w)
-    err = jnp.stack([(p._predict(P.X, P.y, P.x_q) - tgt) ** 2 for p in preds])
+    err = one_at_a_time(
+        [lambda X, y, x_q, t, p=p: (p._predict(X, y, x_q) - t) ** 2 for p in preds],
+        P.X, P.y, P.x_q, tgt,
+    )  # fmt: skip
     return _masked_moments(err, n_valid)
 
 
@@ -211,7 +231,7 @@ def _risk_stats_batch(
     key = rbg_threefry_key(key)
     st, w, y_q = dist._sample_stats(key, B, M, noisy, directions if subspace else None)
     tgt = y_q if target == "y_q" else jnp.einsum("bd,bd->b", st.x_q, w)
-    err = jnp.stack([(p._from_stats(st) - tgt) ** 2 for p in preds])
+    err = one_at_a_time([lambda st, t, p=p: (p._from_stats(st) - t) ** 2 for p in preds], st, tgt)
     return _masked_moments(err, n_valid)
 
 

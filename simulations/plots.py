@@ -24,8 +24,10 @@ STYLE: Any = {
 }
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.tight_layout()
+def _save(
+    fig: plt.Figure, path: Path, rect: tuple[float, float, float, float] = (0, 0, 1, 1)
+) -> Path:
+    fig.tight_layout(rect=rect)
     fig.savefig(path)
     plt.close(fig)
     return path
@@ -192,9 +194,10 @@ def plot_shift_risk_vs_M(theory_df: pd.DataFrame, mc: pd.DataFrame, meta: dict, 
             ax.set_title(panel, fontsize=9)
             ax.set_xlabel("test prompt length M")
         axes[0].set_ylabel(r"$E(\hat y - \langle w, x_q\rangle)^2$")
-        axes[-1].legend(frameon=False, fontsize=7, loc="upper right")
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, frameon=False, fontsize=8, loc="lower center", ncol=7)
         fig.suptitle(meta.get("title", "") + "  (gray: M = N)", fontsize=10)
-        return _save(fig, path)
+        return _save(fig, path, rect=(0, 0.08, 1, 1))
 
 
 def plot_covariate_scale(theory_df: pd.DataFrame, mc: pd.DataFrame, meta: dict, path: Path) -> Path:
@@ -280,7 +283,9 @@ def plot_garg_panels(garg: pd.DataFrame, meta: dict, path: Path) -> Path:
         fig, axes = plt.subplots(nrow, ncol, figsize=(3.0 * ncol, 2.5 * nrow), squeeze=False)
         for ax, name in zip(axes.ravel(), evals, strict=False):
             g = garg[garg["evaluation"] == name]
-            for pred, color, marker in (("LSA", "C3", "o"), ("OLS", "C2", "s")):
+            # OLS first with open markers, so the LSA stays visible where they coincide
+            # (orthogonal queries: both predict 0).
+            for pred, color, marker, ms in (("OLS", "C2", "s", 5), ("LSA", "C3", "o", 3)):
                 b = g[g["predictor"] == pred].sort_values("M")
                 ax.errorbar(
                     b["M"],
@@ -288,7 +293,8 @@ def plot_garg_panels(garg: pd.DataFrame, meta: dict, path: Path) -> Path:
                     yerr=2 * b["se"],
                     color=color,
                     marker=marker,
-                    ms=3,
+                    ms=ms,
+                    mfc="none" if pred == "OLS" else color,
                     lw=1,
                     capsize=1.5,
                     label=pred,
@@ -296,6 +302,23 @@ def plot_garg_panels(garg: pd.DataFrame, meta: dict, path: Path) -> Path:
             ax.axvline(g["d"].iloc[0], color="gray", ls=":", lw=1)
             ax.set_title(name, fontsize=9)
             ax.set_ylim(bottom=0)
+            # OLS's risk is infinite at M = d, d + 1 with label noise; its Monte Carlo spike there
+            # would flatten the panel, so the axis stops above the LSA's curve and says so.
+            lsa_top = float((g.loc[g["predictor"] == "LSA", "mean"] * 1.0).max())
+            ols = g[g["predictor"] == "OLS"]
+            off = ols[ols["mean"] > 3.0 * lsa_top]
+            if len(off):
+                ax.set_ylim(top=1.5 * lsa_top)
+                ax.text(
+                    0.97,
+                    0.95,
+                    "OLS off scale at M = " + ", ".join(str(int(m)) for m in off["M"]),
+                    transform=ax.transAxes,
+                    ha="right",
+                    va="top",
+                    fontsize=6.5,
+                    color="C2",
+                )
             ax.tick_params(labelsize=7)
         for ax in axes.ravel()[len(evals) :]:
             ax.set_visible(False)
@@ -303,6 +326,6 @@ def plot_garg_panels(garg: pd.DataFrame, meta: dict, path: Path) -> Path:
             ax.set_xlabel("in-context examples M", fontsize=8)
         for ax in axes[:, 0]:
             ax.set_ylabel("squared error / d", fontsize=8)
-        axes[0, 0].legend(frameon=False, fontsize=7)
+        axes[0, 0].legend(frameon=False, fontsize=7, loc="upper right")
         fig.suptitle(meta.get("title", "") + "  (gray: M = d)", fontsize=10)
         return _save(fig, path)

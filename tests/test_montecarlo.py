@@ -257,3 +257,44 @@ def test_bad_inputs(inst):
         mc_risk([OLS()], orth, 4, 100, key)
     with pytest.raises(TypeError, match="TestDistribution"):
         mc_risk([OLS()], "none", M, 100, key)
+
+
+_MANY_SVD_SCRIPT = """
+import jax, numpy as np
+import lsa
+from simulations.distributions import named_shift
+from simulations.montecarlo import mc_risk
+from simulations.predictors import OLS
+from simulations.shift_checks import Prefix, gaussian_law
+L = np.diag(np.linspace(1.0, 3.0, 5))
+Ms = (2, 3, 5, 8, 12, 20, 40, 80)
+preds = {f"ols|{m}": Prefix(OLS(), m) for m in Ms}
+dist = gaussian_law(L, L, np.eye(5))
+key = jax.random.PRNGKey(0)
+joint = mc_risk(preds, dist, 80, 10_000, key, sampler="prompts")
+for name in ("ols|2", "ols|3"):
+    alone = mc_risk({name: preds[name]}, dist, 80, 10_000, key, sampler="prompts")[name]
+    assert abs(alone.mean - joint[name].mean) <= 1e-9 * alone.mean, (name, alone, joint[name])
+print("ok", len(preds))
+"""
+
+
+def test_many_svd_predictors_in_one_program_do_not_deadlock(tmp_path):
+    """Regression: 8 SVD-based predictors (OLS at 8 prefix lengths) in one Monte Carlo
+    program. Evaluated as independent branches, this deadlocked XLA's CPU runtime on a 2-core
+    machine (jax 0.10.2); `montecarlo.one_at_a_time` runs them in sequence. Run in a subprocess
+    with a time limit, so a regression fails instead of hanging the suite. The joint estimate must
+    equal the estimates of two of them alone on the same prompts (same key and batch size)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "many_svd.py"
+    script.write_text(_MANY_SVD_SCRIPT)
+    try:
+        res = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("mc_risk with 8 SVD predictors did not finish in 300 s (deadlock?)")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip().endswith("ok 8")
