@@ -181,8 +181,12 @@ class EigenMethod:
     - `rtol`: relative tolerance of the step-size controller (max norm);
     - `atol_factor`: absolute tolerance `= rtol * atol_factor * sigma^2`, so the error control
       follows the trajectory through the small-sigma plateau (solver notes);
-    - `newton_rtol`, `newton_atol_factor`: tolerances of the chord (simplified Newton)
-      iteration on the stage derivatives (atol `= newton_atol_factor * sigma^2`). diffrax's
+    - `newton_rtol`, `newton_atol_factor`, `newton_atol_floor`: tolerances of the chord
+      (simplified Newton) iteration on the stage derivatives
+      (atol `= newton_atol_factor * min(max(sigma^2, newton_atol_floor), 1)`). The floor matters
+      for tiny sigma: once the state is O(1), a chord atol of `1e-8 sigma^2` (1.4e-17 at
+      sigma = 1e-4 sigma_max, d = 10) asks for corrections below round-off, and the solve
+      churned to max_steps (200k steps, 117k rejected; 1769 steps with the floor). diffrax's
       default reuses the step-size tolerances there; at rtol 1e-10 that demands a correction
       near round-off, the iteration is declared divergent and ~50% of steps are rejected
       (measured: 5925 steps, 2910 rejected, against 584 and 3 with these values, d = 5).
@@ -192,6 +196,7 @@ class EigenMethod:
     atol_factor: float = 1e-2
     newton_rtol: float = 1e-6
     newton_atol_factor: float = 1e-8
+    newton_atol_floor: float = 1e-6
 
     name = "eigen"
 
@@ -627,7 +632,7 @@ def gradient_flow(
             jnp.asarray(options.eps),
         )
         y0 = jnp.asarray(np.concatenate([p0, [u0, 0.0]]))
-        newton_atol = method.newton_atol_factor * min(sigma**2, 1.0)
+        newton_atol = method.newton_atol_factor * min(max(sigma**2, method.newton_atol_floor), 1.0)
         sol = _solve_eig(
             y0,
             args,

@@ -278,6 +278,24 @@ def test_small_sigma_converges(prob):
     assert np.max(np.abs(r.balance)) <= 1e-9 * theory.limit_reduced(lam, N_TRAIN)[0] ** 2
 
 
+@pytest.mark.parametrize("fraction", [1e-4, 1e-6])
+def test_tiny_sigma_d10_kappa30_converges(fraction):
+    """Regression: at sigma = 1e-4 sigma_max (d = 10, kappa = 30, N = 10) a chord tolerance of
+    1e-8 sigma^2 churned to max_steps (200k steps, 117k rejected); with its floor the flow
+    converges in about 2000 steps. Checked against Gamma^-1, the balance and Lemma A.5."""
+    d, N = 10, 10
+    lam = np.asarray(lsa.spread_covariance(d, 30.0, jax.random.PRNGKey(0)))
+    Theta = _theta(d, 1)
+    init = lsa.paper_init(lam, N, sigma_fraction=fraction, Theta=Theta)
+    r = flow.gradient_flow(lam, N, init)
+    assert r.stop_reason == "converged"
+    assert r.stats["num_steps"] < 20_000
+    assert _rel(r.product, np.linalg.inv(theory.gamma(lam, N))) <= 1e-8
+    sigma = fraction * theory.sigma_max(lam, N)
+    assert np.all(r.u >= theory.u_min(sigma, Theta, lam, N))
+    assert np.max(np.abs(r.balance)) <= 1e-9 * theory.limit_reduced(lam, N)[0] ** 2
+
+
 def test_ill_conditioned_d20_kappa100():
     d, N = 20, 20
     lam = np.asarray(lsa.spread_covariance(d, 100.0, jax.random.PRNGKey(3)))
