@@ -24,13 +24,8 @@ from .provenance import provenance, write_json
 EXTRA_SUITES: list[str] = ["simulations.shift_checks"]
 
 
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "reproduce",
-        help="run every check against the theory and write figures",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_setting_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that define a `Setting` and the output folder (`lsa reproduce`, `lsa shift`)."""
     p.add_argument(
         "--out", type=Path, default=Path("figures"), help="output folder (default ./figures)"
     )
@@ -38,6 +33,16 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--d", type=int, default=5, help="input dimension (default 5)")
     p.add_argument("--N", type=int, default=20, help="training prompt length (default 20)")
     p.add_argument("--spread", type=float, default=10.0, help="eigenvalue spread of Lambda")
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "reproduce",
+        help="run every check against the theory and write figures",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_setting_arguments(p)
     p.add_argument("--mc-prompts", type=int, default=200_000, help="Monte Carlo prompts per row")
     p.add_argument(
         "--quick",

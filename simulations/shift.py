@@ -25,7 +25,7 @@ import numpy as np
 
 from .checks import CheckResult, Setting
 from .provenance import provenance, write_json
-from .reproduce import format_table
+from .reproduce import add_setting_arguments, format_table
 
 
 def add_parser(sub: Any) -> None:
@@ -35,13 +35,7 @@ def add_parser(sub: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--out", type=Path, default=Path("figures"), help="output folder (default ./figures)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of Lambda, Theta and all sampling")
-    p.add_argument("--d", type=int, default=5, help="input dimension (default 5)")
-    p.add_argument("--N", type=int, default=20, help="training prompt length (default 20)")
-    p.add_argument("--spread", type=float, default=10.0, help="eigenvalue spread of Lambda")
+    add_setting_arguments(p)
     p.add_argument(
         "--quick", action="store_true", help="about 1/5 of the Monte Carlo sizes (smoke run)"
     )
