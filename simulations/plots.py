@@ -33,6 +33,12 @@ def _save(
     return path
 
 
+def _mc_points(ax: plt.Axes, x: Any, mean: Any, se: Any, label: str, **style: Any) -> None:
+    """Monte Carlo estimates with 2-standard-error bars (red dots unless `style` says else)."""
+    kw: dict[str, Any] = {"fmt": "o", "color": "C3", "ms": 5, "capsize": 3} | style
+    ax.errorbar(x, mean, yerr=2 * np.asarray(se), label=label, **kw)
+
+
 def plot_loss(traj: pd.DataFrame, meta: dict, path: Path) -> Path:
     """Loss against time with min L, and the gap against the PL envelope (ZFB Lemma 5.4)."""
     with plt.rc_context(STYLE):
@@ -96,16 +102,7 @@ def plot_risk_vs_M(curve: pd.DataFrame, mc: pd.DataFrame, meta: dict, path: Path
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
         ax.loglog(curve["M"], curve["R"], lw=2, label="exact R(N, M) (theory.md §7.3)")
         ax.loglog(curve["M"], curve["floor"], "k--", lw=1, label=r"floor $M\to\infty$ (O(1/N$^2$))")
-        ax.errorbar(
-            mc["M"],
-            mc["mc_mean"],
-            yerr=2 * mc["mc_se"],
-            fmt="o",
-            color="C3",
-            ms=5,
-            capsize=3,
-            label="Monte Carlo, full LSA map (±2 SE)",
-        )
+        _mc_points(ax, mc["M"], mc["mc_mean"], mc["mc_se"], "Monte Carlo, full LSA map (±2 SE)")
         ax.axvline(meta["N"], color="gray", ls=":", lw=1)
         ax.text(meta["N"], ax.get_ylim()[1], " M = N", va="top", color="gray", fontsize=8)
         ax.set_xlabel("test prompt length M")
@@ -168,17 +165,10 @@ def plot_shift_risk_vs_M(theory_df: pd.DataFrame, mc: pd.DataFrame, meta: dict, 
             lsa = m[m["predictor"] == "LSA"]
             ax.loglog(th["M"], th["lsa_theory"], color="C0", lw=2, label="LSA exact (§8.3)")
             ax.axhline(th["lsa_limit"].iloc[0], color="C0", ls=":", lw=1, label="LSA M→∞ limit")
-            ax.errorbar(
-                lsa["M"],
-                lsa["mean"],
-                yerr=2 * lsa["se"],
-                fmt="o",
-                color="C3",
-                ms=4,
-                capsize=2,
-                label="LSA Monte Carlo (±2 SE)",
-                zorder=5,
-            )
+            _mc_points(
+                ax, lsa["M"], lsa["mean"], lsa["se"], "LSA Monte Carlo (±2 SE)",
+                ms=4, capsize=2, zorder=5,
+            )  # fmt: skip
             lo = 0.3 * min(
                 _positive_floor(th["lsa_theory"].to_numpy()),
                 _positive_floor(m.loc[m["mean"] > 1e-10 * m["mean"].max(), "mean"].to_numpy()),
@@ -219,17 +209,10 @@ def plot_covariate_scale(theory_df: pd.DataFrame, mc: pd.DataFrame, meta: dict, 
         ax.loglog(theory_df["c"], theory_df["ols_theory"], color="C2", lw=1.5, label="OLS exact")
         for pred, color, marker in (("LSA", "C3", "o"), ("OLS", "C2", "s")):
             b = mc[mc["predictor"] == pred]
-            ax.errorbar(
-                b["c"],
-                b["mean"],
-                yerr=2 * b["se"],
-                fmt=marker,
-                color=color,
-                ms=5,
-                capsize=2,
-                mfc="none" if pred == "OLS" else color,
-                label=f"{pred} Monte Carlo (±2 SE)",
-            )
+            _mc_points(
+                ax, b["c"], b["mean"], b["se"], f"{pred} Monte Carlo (±2 SE)",
+                fmt=marker, color=color, capsize=2, mfc="none" if pred == "OLS" else color,
+            )  # fmt: skip
         ax.axvline(1.0, color="gray", ls=":", lw=1)
         ax.set_ylim(bottom=0.3 * _positive_floor(theory_df["ols_theory"].to_numpy()))
         ax.set_xlabel("covariate scale c  (x → c x at test)")
@@ -256,15 +239,8 @@ def plot_risk_vs_N(theory_df: pd.DataFrame, mc: pd.DataFrame, meta: dict, path: 
             lw=1,
             label="N→∞: (d+1) tr Λ / M",
         )
-        ax.errorbar(
-            mc["N"],
-            mc["mean"],
-            yerr=2 * mc["se"],
-            fmt="o",
-            color="C3",
-            ms=5,
-            capsize=3,
-            label="Monte Carlo, trained by gradient flow (±2 SE)",
+        _mc_points(
+            ax, mc["N"], mc["mean"], mc["se"], "Monte Carlo, trained by gradient flow (±2 SE)"
         )
         ax.set_xlabel("training prompt length N")
         ax.set_ylabel(r"$E(\hat y - y_q)^2$")
@@ -287,18 +263,10 @@ def plot_garg_panels(garg: pd.DataFrame, meta: dict, path: Path) -> Path:
             # (orthogonal queries: both predict 0).
             for pred, color, marker, ms in (("OLS", "C2", "s", 5), ("LSA", "C3", "o", 3)):
                 b = g[g["predictor"] == pred].sort_values("M")
-                ax.errorbar(
-                    b["M"],
-                    b["mean"],
-                    yerr=2 * b["se"],
-                    color=color,
-                    marker=marker,
-                    ms=ms,
-                    mfc="none" if pred == "OLS" else color,
-                    lw=1,
-                    capsize=1.5,
-                    label=pred,
-                )
+                _mc_points(
+                    ax, b["M"], b["mean"], b["se"], pred, fmt="-", color=color, marker=marker,
+                    ms=ms, mfc="none" if pred == "OLS" else color, lw=1, capsize=1.5,
+                )  # fmt: skip
             ax.axvline(g["d"].iloc[0], color="gray", ls=":", lw=1)
             ax.set_title(name, fontsize=9)
             ax.set_ylim(bottom=0)

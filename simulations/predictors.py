@@ -439,7 +439,25 @@ class LSAPredictor(Predictor):
 # least squares, ridge, Bayes ridge
 
 
-class OLS(Predictor):
+class _PenalisedLeastSquares(Predictor):
+    """`y_hat = x_q^T (X^T X + lam I)^{-1} X^T y` by SVD (`_min_norm_solve`; minimum norm for
+    `lam = 0`), from the prompt or from its statistics. Subclasses give `lam` by `_penalty`."""
+
+    def _penalty(self) -> Float[Array, ""]:
+        raise NotImplementedError
+
+    def _predict(self, X, y, x_q, mask=None):  # type: ignore[no-untyped-def]
+        Xm, ym = _apply_mask(X, y, mask)
+        w = _min_norm_solve(Xm, ym, self._penalty())
+        return jnp.einsum("bd,bd->b", w, x_q)
+
+    def _from_stats(self, stats: PromptStats) -> Float[Array, " B"]:
+        # X = Q T: the same singular values, so the tolerance rule counts the M original rows.
+        w = _min_norm_solve(stats.X, stats.y, self._penalty(), rows=stats.M)
+        return jnp.einsum("bd,bd->b", w, stats.x_q)
+
+
+class OLS(_PenalisedLeastSquares):
     """Ordinary least squares, minimum-norm when underdetermined [AKY eq. 10, λ = 0] (§11.2).
 
     `w = X^+ y` (Moore–Penrose pseudo-inverse by SVD), so for `M < d` (or a rank-deficient
@@ -450,18 +468,11 @@ class OLS(Predictor):
     def name(self) -> str:
         return "OLS"
 
-    def _predict(self, X, y, x_q, mask=None):  # type: ignore[no-untyped-def]
-        Xm, ym = _apply_mask(X, y, mask)
-        w = _min_norm_solve(Xm, ym, _scalar(0.0))
-        return jnp.einsum("bd,bd->b", w, x_q)
-
-    def _from_stats(self, stats: PromptStats) -> Float[Array, " B"]:
-        # X = Q T: X^+ y = T^+ Q^T y, the same singular values (tolerance rule with M rows).
-        w = _min_norm_solve(stats.X, stats.y, _scalar(0.0), rows=stats.M)
-        return jnp.einsum("bd,bd->b", w, stats.x_q)
+    def _penalty(self) -> Float[Array, ""]:
+        return _scalar(0.0)
 
 
-class Ridge(Predictor):
+class Ridge(_PenalisedLeastSquares):
     """Ridge regression with the sum-of-squares convention [AKY eqs. 9–10] (theory.md §11.1).
 
     `w = argmin sum_i (w^T x_i - y_i)^2 + lam ||w||^2 = (X^T X + lam I)^{-1} X^T y`, the same as
@@ -482,17 +493,11 @@ class Ridge(Predictor):
     def name(self) -> str:
         return f"Ridge({_fmt(self.lam)})"
 
-    def _predict(self, X, y, x_q, mask=None):  # type: ignore[no-untyped-def]
-        Xm, ym = _apply_mask(X, y, mask)
-        w = _min_norm_solve(Xm, ym, self.lam)
-        return jnp.einsum("bd,bd->b", w, x_q)
-
-    def _from_stats(self, stats: PromptStats) -> Float[Array, " B"]:
-        w = _min_norm_solve(stats.X, stats.y, self.lam, rows=stats.M)
-        return jnp.einsum("bd,bd->b", w, stats.x_q)
+    def _penalty(self) -> Float[Array, ""]:
+        return self.lam
 
 
-class BayesRidge(Predictor):
+class BayesRidge(_PenalisedLeastSquares):
     """The Bayes-optimal predictor for `w ~ N(0, tau^2 I)`, noise `N(0, s^2)` [AKY eqs. 18–19].
 
     `E[y | x, D] = x^T (X^T X + (s^2/tau^2) I)^{-1} X^T y`: ridge with `lam = s^2 / tau^2`
@@ -520,14 +525,8 @@ class BayesRidge(Predictor):
     def name(self) -> str:
         return f"BayesRidge({_fmt(self.lam)})"
 
-    def _predict(self, X, y, x_q, mask=None):  # type: ignore[no-untyped-def]
-        Xm, ym = _apply_mask(X, y, mask)
-        w = _min_norm_solve(Xm, ym, self.lam)
-        return jnp.einsum("bd,bd->b", w, x_q)
-
-    def _from_stats(self, stats: PromptStats) -> Float[Array, " B"]:
-        w = _min_norm_solve(stats.X, stats.y, self.lam, rows=stats.M)
-        return jnp.einsum("bd,bd->b", w, stats.x_q)
+    def _penalty(self) -> Float[Array, ""]:
+        return self.lam
 
 
 # ----------------------------------------------------------------------------------------------
