@@ -41,7 +41,6 @@ shared between the evaluations.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -94,10 +93,6 @@ __all__ = [
 ]
 
 _F64 = jnp.float64
-#: `mc_risk` on explicit prompts (the full map), where `mc_risk` offers other samplers.
-_FULL_MAP: dict[str, Any] = (
-    {"sampler": "prompts"} if "sampler" in inspect.signature(mc_risk).parameters else {}
-)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,7 +305,7 @@ def mc_full_map(
     """`mc_risk` on explicit prompts: every prompt is drawn and the predictors are applied to it
     (for the LSA, the full map through `lsa.predict_prompt`), never a sufficient-statistics
     shortcut (theory.md §14, "MC on the full map")."""
-    return mc_risk(predictors, dist, M, n, key, batch_size=batch, target=target, **_FULL_MAP)
+    return mc_risk(predictors, dist, M, n, key, batch_size=batch, target=target, sampler="prompts")
 
 
 def z_check(
