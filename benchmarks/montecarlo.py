@@ -41,9 +41,9 @@ import numpy as np
 
 import lsa
 import theory
-from simulations.distributions import named_shift, rbg_key, rbg_threefry_key
-from simulations.montecarlo import auto_sampler, mc_risk
-from simulations.predictors import LSAPredictor
+from simulations.icl.distributions import named_shift, rbg_key, rbg_threefry_key
+from simulations.icl.montecarlo import auto_sampler, mc_risk
+from simulations.icl.predictors import LSAPredictor
 
 D, M, N = 20, 40, 40
 

@@ -1,16 +1,14 @@
 """lsa: one linear self-attention layer and its gradient flow (Zhang, Frei & Bartlett 2024).
 
-Importing `lsa` switches JAX to float64 (`jax_enable_x64`): every comparison with theory
-needs it (float32 floors at ~3e-7 relative error even on isotropic problems).
+Precision is an explicit choice: call `lsa.set_precision("float64")` before computing. Every
+comparison with theory needs it (float32 floors at ~3e-7 relative error even on isotropic
+problems), and the solvers raise a clear error when it is off. Importing `lsa` changes nothing
+in JAX's configuration.
 """
 
-import jax
-
-jax.config.update("jax_enable_x64", True)
-
-from . import flow  # noqa: E402
-from ._validate import TheoremCoverageWarning  # noqa: E402
-from .flow import (  # noqa: E402
+from . import flow
+from ._validate import TheoremCoverageWarning
+from .flow import (
     DirectMethod,
     EigenMethod,
     FlowError,
@@ -19,7 +17,7 @@ from .flow import (  # noqa: E402
     empirical_flow,
     gradient_flow,
 )
-from .loss import (  # noqa: E402
+from .loss import (
     PromptStats,
     QuadraticLoss,
     empirical_loss,
@@ -32,7 +30,7 @@ from .loss import (  # noqa: E402
     quadratic_loss,
     reduced_loss,
 )
-from .model import (  # noqa: E402
+from .model import (
     Reduced,
     embed,
     from_reduced,
@@ -41,7 +39,8 @@ from .model import (  # noqa: E402
     predict_prompt,
     reduced_view,
 )
-from .prompts import (  # noqa: E402
+from .precision import get_precision, require_x64, set_precision
+from .prompts import (
     Init,
     PromptDistribution,
     Prompts,
@@ -52,6 +51,7 @@ from .prompts import (  # noqa: E402
     sigma_bound,
     spread_covariance,
 )
+from .setting import Problem, Setting, SettingError, SettingKeys
 
 __all__ = [
     "DirectMethod",
@@ -60,11 +60,15 @@ __all__ = [
     "FlowOptions",
     "FlowResult",
     "Init",
+    "Problem",
     "PromptDistribution",
     "PromptStats",
     "Prompts",
     "QuadraticLoss",
     "Reduced",
+    "Setting",
+    "SettingError",
+    "SettingKeys",
     "TheoremCoverageWarning",
     "embed",
     "empirical_flow",
@@ -73,6 +77,7 @@ __all__ = [
     "flow",
     "from_reduced",
     "gamma_matrix",
+    "get_precision",
     "gradient_flow",
     "lsa_forward",
     "paper_init",
@@ -87,7 +92,9 @@ __all__ = [
     "random_theta",
     "reduced_loss",
     "reduced_view",
+    "require_x64",
     "rotated_covariance",
+    "set_precision",
     "sigma_bound",
     "spread_covariance",
 ]

@@ -22,7 +22,7 @@ def as_float_array(x: Any, name: str) -> np.ndarray:
     try:
         arr = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"`{name}` must be a real array-like; got {type(x).__name__}.") from exc
+        raise ValueError(f"`{name}` must be a real array-like; got {type(x).__name__}.") from exc
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"`{name}` contains NaN or inf; pass finite values.")
     return arr
@@ -60,7 +60,7 @@ def check_length(n: Any, name: str) -> int:
         if isinstance(n, float) and n.is_integer():
             n = int(n)
         else:
-            raise TypeError(f"`{name}` must be an integer >= 1; got {n!r}.")
+            raise ValueError(f"`{name}` must be an integer >= 1; got {n!r}.")
     if n < 1:
         raise ValueError(f"`{name}` must be >= 1 (a prompt needs at least one example); got {n}.")
     return int(n)
@@ -71,7 +71,7 @@ def check_positive(x: Any, name: str) -> float:
     try:
         val = float(x)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"`{name}` must be a positive number; got {x!r}.") from exc
+        raise ValueError(f"`{name}` must be a positive number; got {x!r}.") from exc
     if not math.isfinite(val) or val <= 0.0:
         raise ValueError(f"`{name}` must be a finite number > 0; got {x!r}.")
     return val
@@ -82,7 +82,7 @@ def check_nonnegative(x: Any, name: str) -> float:
     try:
         val = float(x)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"`{name}` must be a number >= 0; got {x!r}.") from exc
+        raise ValueError(f"`{name}` must be a number >= 0; got {x!r}.") from exc
     if not math.isfinite(val) or val < 0.0:
         raise ValueError(f"`{name}` must be a finite number >= 0; got {x!r}.")
     return val

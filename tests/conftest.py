@@ -4,9 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-jax.config.update("jax_enable_x64", True)
+import lsa
 
-import lsa  # noqa: E402  (importing lsa also enables float64)
+lsa.set_precision("float64")  # an explicit call: importing lsa changes nothing in JAX
 
 
 @pytest.fixture

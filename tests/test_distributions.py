@@ -14,7 +14,7 @@ import scipy.linalg
 
 import lsa
 import theory
-from simulations.distributions import (
+from simulations.icl.distributions import (
     SHIFT_NAMES,
     GaussianCovariates,
     GaussianQuery,
@@ -34,7 +34,7 @@ from simulations.distributions import (
     garg_catalogue,
     named_shift,
 )
-from simulations.predictors import OLS, Averaging
+from simulations.icl.predictors import OLS, Averaging
 
 Z_MAX = 4.0  # per-entry z bound of the moment tests (fixed seeds)
 

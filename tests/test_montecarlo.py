@@ -16,14 +16,14 @@ import pytest
 
 import lsa
 import theory
-from simulations.distributions import (
+from simulations.icl.distributions import (
     GaussianCovariates,
     GaussianTask,
     OrthogonalQuery,
     TestDistribution,
     named_shift,
 )
-from simulations.montecarlo import (
+from simulations.icl.montecarlo import (
     MCEstimate,
     _Accumulator,
     _batch_key,
@@ -32,7 +32,7 @@ from simulations.montecarlo import (
     mc_risk,
     mc_spd,
 )
-from simulations.predictors import GD, KNN, OLS, LSAPredictor, linear_G
+from simulations.icl.predictors import GD, KNN, OLS, LSAPredictor, linear_G
 
 Z_MAX = 4.0  # acceptance bound on |z| (fixed in advance)
 Z_MUTATION = 20.0  # the rho = N mutation must be detected at least this clearly
@@ -262,10 +262,10 @@ def test_bad_inputs(inst):
 _MANY_SVD_SCRIPT = """
 import jax, numpy as np
 import lsa
-from simulations.distributions import named_shift
-from simulations.montecarlo import mc_risk
-from simulations.predictors import OLS
-from simulations.shift_checks import Prefix, gaussian_law
+from simulations.icl.distributions import named_shift
+from simulations.icl.montecarlo import mc_risk
+from simulations.icl.predictors import OLS
+from simulations.checks.shift import Prefix, gaussian_law
 L = np.diag(np.linspace(1.0, 3.0, 5))
 Ms = (2, 3, 5, 8, 12, 20, 40, 80)
 preds = {f"ols|{m}": Prefix(OLS(), m) for m in Ms}

@@ -28,7 +28,7 @@ from scipy import stats as sps
 
 import lsa
 import theory
-from simulations.distributions import (
+from simulations.icl.distributions import (
     GaussianCovariates,
     GaussianTask,
     HalfSubspaceCovariates,
@@ -40,8 +40,8 @@ from simulations.distributions import (
     _orthonormal_rows,
     named_shift,
 )
-from simulations.montecarlo import auto_sampler, mc_risk, stats_sampler_issue
-from simulations.predictors import (
+from simulations.icl.montecarlo import auto_sampler, mc_risk, stats_sampler_issue
+from simulations.icl.predictors import (
     GD,
     KNN,
     OLS,

@@ -15,7 +15,7 @@ import sklearn.neighbors
 
 import lsa
 import theory
-from simulations.predictors import (
+from simulations.icl.predictors import (
     GD,
     KNN,
     OLS,

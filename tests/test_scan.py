@@ -30,9 +30,9 @@ import lsa
 import theory
 from lsa.batch import batch_gradient_flow, select_device
 from lsa.flow import FlowOptions, gradient_flow
-from simulations import scans
 from simulations.cli import main
-from simulations.scans import ScanConfig, ScanError, _first_crossing
+from simulations.scans import engine as scans
+from simulations.scans.engine import ScanConfig, ScanError, _first_crossing
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -308,7 +308,7 @@ def test_run_directory_and_instant_rerun(tmp_path, reference, monkeypatch):
 
 _KILL_SCRIPT = """
 import sys, time
-from simulations import scans
+from simulations.scans import engine as scans
 def slow(ctx):
     time.sleep(0.25)
     return 0.0

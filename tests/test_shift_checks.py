@@ -12,8 +12,8 @@ import pytest
 
 import theory
 from simulations import cli
-from simulations import shift_checks as sc
-from simulations.checks import Setting
+from simulations.checks import shift as sc
+from simulations.checks.core import Setting
 
 #: A tiny setting: the same d and N for every test below, so compiled kernels are reused.
 TINY = Setting(d=3, N=8, seed=3)

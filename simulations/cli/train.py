@@ -31,7 +31,7 @@ import pandas as pd
 import lsa
 from lsa.flow import METHODS, FlowOptions, gradient_flow
 
-from .provenance import provenance, to_jsonable, write_json
+from ..provenance import provenance, to_jsonable, write_json
 
 
 @dataclasses.dataclass(frozen=True)

@@ -65,7 +65,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _list() -> int:
-    from .scans import MEASURES, PARAMETERS, examples
+    from ..scans.engine import MEASURES, PARAMETERS, examples
 
     print("parameters (default):")
     for k, spec in PARAMETERS.items():
@@ -82,7 +82,7 @@ def _list() -> int:
 
 
 def run_scan_cli(args: argparse.Namespace) -> int:
-    from .scans import ScanError, example_path, load_config, run_scan
+    from ..scans.engine import ScanError, example_path, load_config, run_scan
 
     if args.list:
         return _list()
@@ -108,7 +108,7 @@ def run_scan_cli(args: argparse.Namespace) -> int:
         if len(bad):
             print(f"lsa scan: {len(bad)} setting(s) did not converge (see the status column)")
     if args.plot and res.run_dir is not None:
-        from .scan_plot import default_plot, load_results, plot_table
+        from ..plots.scan import default_plot, load_results, plot_table
 
         table, run_cfg, figdir = load_results(res.run_dir)
         spec = default_plot(run_cfg, table)
@@ -118,7 +118,7 @@ def run_scan_cli(args: argparse.Namespace) -> int:
 
 
 def run_plot_cli(args: argparse.Namespace) -> int:
-    from .scan_plot import default_plot, load_results, plot_table
+    from ..plots.scan import default_plot, load_results, plot_table
 
     df, cfg, figdir = load_results(args.results)
     spec: dict[str, Any] = {}
@@ -137,6 +137,6 @@ def run_plot_cli(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from .cli import main
+    from . import main
 
     sys.exit(main(["scan", *sys.argv[1:]]))

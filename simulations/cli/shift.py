@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .checks import CheckResult, Setting
-from .provenance import provenance, write_json
+from ..checks.core import CheckResult, Setting
+from ..provenance import provenance, write_json
 from .reproduce import add_setting_arguments, format_table
 
 
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     setting = Setting(d=args.d, N=args.N, spread=args.spread, seed=args.seed)
     if args.shift is not None:
         return _run_single(args, setting)
-    from .shift_checks import run_suite  # heavy imports only when needed
+    from ..checks.shift import run_suite  # heavy imports only when needed
 
     t_start = time.perf_counter()
     out: Path = args.out
@@ -146,8 +146,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_single(args: argparse.Namespace, setting: Setting) -> int:
-    from .distributions import SHIFT_NAMES
-    from .shift_checks import single_shift_report
+    from ..checks.shift import single_shift_report
+    from ..icl.distributions import SHIFT_NAMES
 
     if args.shift not in SHIFT_NAMES:
         raise ValueError(f"unknown shift {args.shift!r}; valid names are {', '.join(SHIFT_NAMES)}.")

@@ -11,13 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+import matplotlib.cm
 import numpy as np
 import pandas as pd
 
-from .plots import STYLE
+from .figures import STYLE, _subplots
 
 __all__ = ["default_plot", "load_results", "plot_table"]
 
@@ -76,7 +74,7 @@ def default_plot(cfg: dict[str, Any] | None, df: pd.DataFrame) -> dict[str, Any]
 
 
 def _measure_columns(cfg: dict[str, Any], df: pd.DataFrame) -> list[str]:
-    from .scans import MEASURES
+    from ..scans.engine import MEASURES
 
     cols: list[str] = []
     for m in cfg.get("measures", []):
@@ -134,8 +132,8 @@ def plot_table(
     n = len(facets)
     ncol = min(n, 3)
     nrow = math.ceil(n / ncol)
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(
+    with matplotlib.rc_context(STYLE):
+        fig, axes = _subplots(
             nrow, ncol, figsize=(4.6 * ncol, 3.6 * nrow), squeeze=False, sharex=True, sharey=True
         )
         for k, fv in enumerate(facets):
@@ -164,8 +162,7 @@ def plot_table(
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path)
-        plt.close(fig)
-    return path
+        return path
 
 
 def _lines(ax: Any, df: pd.DataFrame, x: str, ys: list[str], hue: str | None) -> None:
@@ -184,7 +181,7 @@ def _lines(ax: Any, df: pd.DataFrame, x: str, ys: list[str], hue: str | None) ->
             se = f"{col}_se"
             kw = {"marker": markers[yi % len(markers)], "ms": 4, "lw": 1.5, "label": label}
             if hue is not None:
-                kw["color"] = plt.cm.viridis(gi / max(len(groups) - 1, 1))
+                kw["color"] = matplotlib.cm.viridis(gi / max(len(groups) - 1, 1))
             if se in g.columns:
                 ax.errorbar(g[x], g[col], yerr=2 * g[se], capsize=2, **kw)
             else:

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import plots
-from .checks import CheckResult, Setting, run_core_checks
-from .provenance import provenance, write_json
+from ..checks.core import CheckResult, Setting, run_core_checks
+from ..plots import figures as plots
+from ..provenance import provenance, write_json
 
-EXTRA_SUITES: list[str] = ["simulations.shift_checks"]
+EXTRA_SUITES: list[str] = ["simulations.checks.shift"]
 
 
 def add_setting_arguments(p: argparse.ArgumentParser) -> None:

@@ -432,9 +432,9 @@ def _m_covariate_scale_risk(ctx: SettingContext) -> float:
 def _m_risk_mc(ctx: SettingContext) -> dict[str, float]:
     """Monte Carlo test risk of the full LSA map at the trained weights: n_mc prompts of
     length M with covariates (prompt and query) scaled by c, w ~ N(0, I); mean and SE."""
-    from .distributions import named_shift
-    from .montecarlo import mc_risk
-    from .predictors import LSAPredictor
+    from ..icl.distributions import named_shift
+    from ..icl.montecarlo import mc_risk
+    from ..icl.predictors import LSAPredictor
 
     f = ctx.flow
     pred = LSAPredictor(f.W_PV, f.W_KQ)
@@ -1060,7 +1060,7 @@ class RunDir:
                 raise ScanError(f"run directory {str(self.root)!r} holds a different chunk plan.")
             return
         self.chunks.mkdir(parents=True, exist_ok=True)
-        from .provenance import write_json
+        from ..provenance import write_json
 
         write_json(self.root / "plan.json", {"chunks": plan})
         write_json(self.root / "config.json", cfg_json)
@@ -1302,7 +1302,7 @@ def run_scan(
 def _write_provenance(run: RunDir, device: str | None, executor: str) -> None:
     from lsa.batch import select_device
 
-    from .provenance import provenance, write_json
+    from ..provenance import provenance, write_json
 
     p = provenance()
     p["scan"] = {
@@ -1318,7 +1318,7 @@ def _write_provenance(run: RunDir, device: str | None, executor: str) -> None:
 
 
 def _write_timings(run: RunDir, timings: dict[str, Any]) -> None:
-    from .provenance import write_json
+    from ..provenance import write_json
 
     write_json(run.root / "timings.json", timings)
 

@@ -59,9 +59,7 @@ import lsa
 import theory
 from lsa.flow import gradient_flow
 
-from . import plots
-from .checks import CheckResult, Setting
-from .distributions import (
+from ..icl.distributions import (
     GaussianCovariates,
     GaussianQuery,
     GaussianTask,
@@ -70,8 +68,10 @@ from .distributions import (
     named_shift,
     rbg_key,
 )
-from .montecarlo import MCEstimate, mc_ilwd, mc_risk, mc_spd, one_at_a_time
-from .predictors import GD, OLS, Averaging, LSAPredictor, Predictor, Ridge
+from ..icl.montecarlo import MCEstimate, mc_ilwd, mc_risk, mc_spd, one_at_a_time
+from ..icl.predictors import GD, OLS, Averaging, LSAPredictor, Predictor, Ridge
+from ..plots import figures as plots
+from .core import CheckResult, Setting
 
 __all__ = [
     "Prefix",

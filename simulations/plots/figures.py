@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+import matplotlib.cm
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 STYLE: Any = {
     "figure.dpi": 120,
@@ -24,16 +24,20 @@ STYLE: Any = {
 }
 
 
-def _save(
-    fig: plt.Figure, path: Path, rect: tuple[float, float, float, float] = (0, 0, 1, 1)
-) -> Path:
+def _subplots(*grid: int, figsize: tuple[float, float], **kw: Any) -> tuple[Figure, Any]:
+    """A new `Figure` (not registered with pyplot, so no backend is chosen here) and its axes,
+    as `plt.subplots` returns them."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **kw)
+
+
+def _save(fig: Figure, path: Path, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> Path:
     fig.tight_layout(rect=rect)
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
-def _mc_points(ax: plt.Axes, x: Any, mean: Any, se: Any, label: str, **style: Any) -> None:
+def _mc_points(ax: Axes, x: Any, mean: Any, se: Any, label: str, **style: Any) -> None:
     """Monte Carlo estimates with 2-standard-error bars (red dots unless `style` says else)."""
     kw: dict[str, Any] = {"fmt": "o", "color": "C3", "ms": 5, "capsize": 3} | style
     ax.errorbar(x, mean, yerr=2 * np.asarray(se), label=label, **kw)
@@ -41,8 +45,8 @@ def _mc_points(ax: plt.Axes, x: Any, mean: Any, se: Any, label: str, **style: An
 
 def plot_loss(traj: pd.DataFrame, meta: dict, path: Path) -> Path:
     """Loss against time with min L, and the gap against the PL envelope (ZFB Lemma 5.4)."""
-    with plt.rc_context(STYLE):
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    with matplotlib.rc_context(STYLE):
+        fig, (ax1, ax2) = _subplots(1, 2, figsize=(9, 3.6))
         t = traj["t"].to_numpy()
         m = t > 0
         ax1.semilogx(t[m], traj["loss"][m], lw=2, label="L(t) (gradient flow)")
@@ -64,8 +68,8 @@ def plot_loss(traj: pd.DataFrame, meta: dict, path: Path) -> Path:
 
 def plot_distance(traj: pd.DataFrame, meta: dict, path: Path) -> Path:
     """Relative distance ||u U(t) - Gamma^{-1}||_F / ||Gamma^{-1}||_F against time."""
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(5, 3.6))
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _subplots(figsize=(5, 3.6))
         t = traj["t"].to_numpy()
         m = t > 0
         ax.loglog(t[m], traj["dist_uU_Ginv"][m], lw=2)
@@ -79,8 +83,8 @@ def plot_distance(traj: pd.DataFrame, meta: dict, path: Path) -> Path:
 
 def plot_balance(traj: pd.DataFrame, meta: dict, path: Path) -> Path:
     """u^2 and ||U||_F^2 against time, and their difference (ZFB Lemma A.3)."""
-    with plt.rc_context(STYLE):
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    with matplotlib.rc_context(STYLE):
+        fig, (ax1, ax2) = _subplots(1, 2, figsize=(9, 3.6))
         t = traj["t"].to_numpy()
         m = t > 0
         ax1.semilogx(t[m], traj["u"][m] ** 2, lw=3, alpha=0.6, label=r"$u^2$")
@@ -98,8 +102,8 @@ def plot_balance(traj: pd.DataFrame, meta: dict, path: Path) -> Path:
 def plot_risk_vs_M(curve: pd.DataFrame, mc: pd.DataFrame, meta: dict, path: Path) -> Path:
     """Test risk of the trained layer against test length M: theory curve R(N, M) and Monte
     Carlo points on the full LSA map with 2-standard-error bars."""
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _subplots(figsize=(5.5, 3.8))
         ax.loglog(curve["M"], curve["R"], lw=2, label="exact R(N, M) (theory.md §7.3)")
         ax.loglog(curve["M"], curve["floor"], "k--", lw=1, label=r"floor $M\to\infty$ (O(1/N$^2$))")
         _mc_points(ax, mc["M"], mc["mc_mean"], mc["mc_se"], "Monte Carlo, full LSA map (±2 SE)")
@@ -114,8 +118,8 @@ def plot_risk_vs_M(curve: pd.DataFrame, mc: pd.DataFrame, meta: dict, path: Path
 
 def plot_empirical(emp: pd.DataFrame, meta: dict, path: Path) -> Path:
     """Empirical flow on B prompts: distance of u U to Gamma^{-1} and tracking error vs B."""
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _subplots(figsize=(5.5, 3.8))
         B = emp["B"].to_numpy(float)
         ax.loglog(
             B,
@@ -156,8 +160,8 @@ def plot_shift_risk_vs_M(theory_df: pd.DataFrame, mc: pd.DataFrame, meta: dict, 
     one-step GD with the step tuned on the training law, and averaging. Risks below the axis
     (OLS interpolates: exactly 0 for M >= d without noise) are drawn on the bottom edge."""
     panels = list(dict.fromkeys(theory_df["panel"]))
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.8), sharey=False)
+    with matplotlib.rc_context(STYLE):
+        fig, axes = _subplots(1, len(panels), figsize=(3.6 * len(panels), 3.8), sharey=False)
         axes = np.atleast_1d(axes)
         for ax, panel in zip(axes, panels, strict=True):
             th = theory_df[theory_df["panel"] == panel]
@@ -194,8 +198,8 @@ def plot_covariate_scale(theory_df: pd.DataFrame, mc: pd.DataFrame, meta: dict, 
     """Risk against the covariate scale c (prompt and query scaled by c; theory.md §8.5): the
     LSA's exact finite-(N, M) risk grows like c^2 (c^2 - 1)^2 tr Lambda (its M, N -> infinity
     limit), while OLS's risk does not depend on c (§8.7)."""
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(5.8, 4.0))
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _subplots(figsize=(5.8, 4.0))
         ax.loglog(theory_df["c"], theory_df["lsa_theory"], color="C0", lw=2, label="LSA exact")
         lim = theory_df["lsa_limit"].to_numpy()
         ok = lim > 1e-3 * _positive_floor(theory_df["lsa_theory"].to_numpy())
@@ -226,8 +230,8 @@ def plot_risk_vs_N(theory_df: pd.DataFrame, mc: pd.DataFrame, meta: dict, path: 
     """Risk at a fixed long test prompt against the training length N (theory.md §6–§7.3): the
     exact R(N, M), the O(1/N^2) floor (M -> infinity) and the N -> infinity limit
     (d+1) tr Lambda / M, with Monte Carlo for layers trained by gradient flow at several N."""
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(5.8, 4.0))
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _subplots(figsize=(5.8, 4.0))
         ax.loglog(theory_df["N"], theory_df["risk"], color="C0", lw=2, label="exact R(N, M)")
         ax.loglog(
             theory_df["N"], theory_df["floor"], "k--", lw=1, label="floor M→∞ (∝ 1/N², Cor. 4.3)"
@@ -255,8 +259,8 @@ def plot_garg_panels(garg: pd.DataFrame, meta: dict, path: Path) -> Path:
     evals = list(dict.fromkeys(garg["evaluation"]))
     ncol = 5
     nrow = -(-len(evals) // ncol)
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(nrow, ncol, figsize=(3.0 * ncol, 2.5 * nrow), squeeze=False)
+    with matplotlib.rc_context(STYLE):
+        fig, axes = _subplots(nrow, ncol, figsize=(3.0 * ncol, 2.5 * nrow), squeeze=False)
         for ax, name in zip(axes.ravel(), evals, strict=False):
             g = garg[garg["evaluation"] == name]
             # OLS first with open markers, so the LSA stays visible where they coincide
