@@ -29,14 +29,19 @@ iteration. So this module has its own integrator, written for this one vector fi
   finished immediately takes the next flow of the queue (continuous batching), so flows of
   different stiffness never wait for each other; only the tail of the queue runs part-empty.
 - **Off-diagonal sums** are direct sums of `d^2 - d` exponentials for small d, and the binned
-  Taylor `ExpSumTable` of `lsa.flow` (padded to a common number of bins) above
-  `DIRECT_MAX_TERMS`.
+  Taylor `ExpSumTable` (`lsa._expsum`, the tables `gradient_flow` uses, with the same padding
+  rule) above `DIRECT_MAX_TERMS`.
+- **Units**: the problem (eigendecomposition, Gamma, horizon, tolerances, tables) comes from
+  the builder `lsa._problem` shared with `gradient_flow`, in units where `tr(Lambda)/d = 1`;
+  results are mapped back to the caller's units.
 - **Saving**: steps land exactly on each flow's save points, log-spaced in `s` (which resolves
   the plateau, the escape and the convergence alike), so saved states are solver states.
 - **Stopping**: `gradient_flow`'s rule per flow (estimated relative distance to the fixed point
   `<= eps`), checked after every accepted step with the FSAL derivative; a horizon from
-  `gradient_flow`'s time scales and a per-flow step budget end runaway flows, reported per flow
-  in `status`, never raised.
+  `gradient_flow`'s time scales, the end of the save grid and a per-flow step budget end
+  runaway flows, and a step size that underflows after repeated rejections ends a stalled one
+  with the cause of the rejections (non-finite state, u <= 0, Newton failure, error test).
+  Each is reported per flow in `status` (`STATUS`), never raised; `member(b)` raises.
 
 Agreement with `lsa.gradient_flow` is to the solver tolerance (tested: end points to 1e-8).
 Devices: `select_device` reads `LSA_FLOW_DEVICE` (`cpu`, `gpu` or `auto`); computations follow
@@ -58,8 +63,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
+from ._expsum import exp_sum
+from ._options import STATUS, STATUS_CODE, EigenMethod, FlowError, FlowOptions
+from ._problem import Problem, build_problem
+from ._problem import time_scales as _time_scales
 from ._validate import check_length
-from .flow import EigenMethod, ExpSumTable, FlowOptions, FlowResult, _time_scales, exp_sum
+from .flow import FlowResult
+from .precision import require_x64
 from .prompts import Init
 
 __all__ = [
@@ -80,16 +90,9 @@ DEFAULT_SLOTS = 128
 #: (kernel-launch bound), so many more lanes are used there (with chunks at least this large).
 DEFAULT_SLOTS_GPU = 4096
 
-#: Per-member outcome codes of `BatchFlowResult.status`.
-STATUS = {
-    0: "running",
-    1: "converged",
-    2: "t_end",
-    3: "horizon",
-    4: "max_steps",
-    5: "step_size_underflow",
-    7: "padding",
-}
+#: `STATUS` (shared with `lsa.flow`'s `FlowError.status`) gives the per-member outcome codes of
+#: `BatchFlowResult.status`; `_CODE` maps names to codes.
+_CODE = STATUS_CODE
 
 DEVICE_ENV = "LSA_FLOW_DEVICE"
 _DEVICE_CHOICES = ("auto", "cpu", "gpu")
@@ -264,10 +267,33 @@ class _Carry(eqx.Module):
     next: Int[Array, ""]
     buf: Float[Array, "S+1 T+1 n"]
     sbuf: Float[Array, "S+1 T+1"]
+    last: Float[Array, "S+1 n"]
+    slast: Float[Array, " S+1"]
     status: Int[Array, " S+1"]
     steps: Int[Array, "S+1 2"]
     n_saved: Int[Array, " S+1"]
     it: Int[Array, ""]
+
+
+class _Queue(eqx.Module):
+    """The `S` queued settings plus one sink row (index `S`) for idle lanes."""
+
+    y0: Float[Array, "S+1 n"]
+    g0: Float[Array, "S+1 n"]
+    h0: Float[Array, " S+1"]
+    args: dict[str, Array]
+    s_grid: Float[Array, "S+1 T"]
+    t_max: Float[Array, " S+1"]
+    atol: Float[Array, " S+1"]
+
+
+class _Trial(eqx.Module):
+    """One ESDIRK step attempted from the lanes' states."""
+
+    y: Float[Array, "B n"]
+    g: Float[Array, "B n"]
+    err: Float[Array, " B"]
+    newton_ok: Bool[Array, " B"]
 
 
 def _scaled(x: Array, y: Array, atol: Array, rtol: Array) -> Float[Array, " B"]:
@@ -280,6 +306,165 @@ _C = (0.0, 0.52, 1.230333209967908, 0.8957659843500759, 0.43639360985864756, 1.0
 
 def _take(tree: Any, idx: Array) -> Any:
     return jax.tree_util.tree_map(lambda a: a[idx], tree)
+
+
+def _newton_stage(z, k, F, args, newton, hg, atol, rtol, start_conv):
+    """Simplified Newton for one stage derivative `k = f(z + hg k)`: returns `(k, converged,
+    failed)`; a lane fails when the increments grow (or turn non-finite) above the tolerance."""
+    B = k.shape[0]
+
+    def n_cond(state):
+        return jnp.any(~state[2]) & (state[1] < _NEWTON_MAX)
+
+    def n_body(state):
+        k, j, conv, fail, eta_prev = state
+        Y = z + hg[:, None] * k
+        dk = newton.solve(k - _vf(Y, F, args))
+        eta = _scaled(hg[:, None] * dk, Y, atol, rtol)
+        k = jnp.where(conv[:, None], k, k - dk)
+        bad = ~jnp.isfinite(eta) | ((j >= 1) & (eta > eta_prev) & (eta > _NEWTON_TOL))
+        fail = fail | (~conv & bad)
+        conv = conv | (eta <= _NEWTON_TOL) | bad
+        return k, j + 1, conv, fail, jnp.where(conv, eta_prev, eta)
+
+    start = (k, jnp.asarray(0), start_conv, jnp.zeros(B, bool), jnp.full(B, jnp.inf))
+    k, _, conv, fail, _ = jax.lax.while_loop(n_cond, n_body, start)
+    return k, conv, fail
+
+
+def _esdirk_step(c: _Carry, h: Array, args: dict[str, Array], atol: Array, rtol: Array) -> _Trial:
+    """One Kvaerno 5(4) step of size `h` per lane (stage predictors, frozen Newton matrix, the
+    embedded error estimate in the max norm)."""
+    hg = h * _G
+    Fs = {cc: _off_sum(c.s + cc * h, args, "w_F") for cc in sorted(set(_C[1:]))}
+    newton = _Newton.build(c.y, Fs[1.0], args, hg)
+    ks = [c.g]
+    ok = c.active
+    for i in range(1, 7):
+        z = c.y + h[:, None] * sum(a * k for a, k in zip(_A[i], ks, strict=False))
+        k0 = sum(a * kj for a, kj in zip(_PRED[i], ks, strict=False))
+        k, conv, fail = _newton_stage(z, k0, Fs[_C[i]], args, newton, hg, atol, rtol, ~ok)
+        ok = ok & conv & ~fail
+        ks.append(jnp.asarray(k))
+    y_new = c.y + h[:, None] * sum(a * k for a, k in zip((*_A[6], _G), ks, strict=True))
+    err = h[:, None] * sum(b * k for b, k in zip(_B_ERR, ks, strict=True))
+    scale = jnp.maximum(jnp.abs(c.y), jnp.abs(y_new))
+    e = jnp.max(jnp.abs(err) / (atol[:, None] + rtol * scale), axis=1)
+    # stiffly accurate: y_new is the last stage, so g(y_new) = k_7 (FSAL)
+    return _Trial(y=y_new, g=ks[6], err=e, newton_ok=ok)
+
+
+def _rejection_cause(trial: _Trial) -> Int[Array, " B"]:
+    """Why a step was rejected, as a `STATUS` code (reported if the rejections repeat until
+    the step size underflows): non-finite, u <= 0, Newton failure, or the error test."""
+    finite = jnp.isfinite(trial.err) & jnp.all(jnp.isfinite(trial.y), axis=1)
+    return jnp.where(
+        ~finite,
+        _CODE["non_finite"],
+        jnp.where(
+            trial.y[:, -2] <= 0,
+            _CODE["u_nonpositive"],
+            jnp.where(~trial.newton_ok, _CODE["newton_failure"], _CODE["step_size_underflow"]),
+        ),
+    )
+
+
+def _init_carry(q: _Queue, n_real: Array, slots: int, T: int) -> _Carry:
+    S = q.y0.shape[0] - 1
+    n = q.y0.shape[1]
+    dtype = q.y0.dtype
+    first = jnp.arange(slots)
+    which = jnp.where(first < n_real, first, S)
+    return _Carry(
+        which=which,
+        y=q.y0[which],
+        g=q.g0[which],
+        s=jnp.zeros(slots, dtype),
+        h=q.h0[which],
+        active=which < S,
+        save_idx=jnp.ones(slots, jnp.int32),
+        n_acc=jnp.zeros(slots, jnp.int32),
+        n_rej=jnp.zeros(slots, jnp.int32),
+        next=jnp.minimum(jnp.asarray(slots), n_real),
+        buf=jnp.zeros((S + 1, T + 1, n), dtype).at[:S, 0].set(q.y0[:S]),
+        sbuf=jnp.full((S + 1, T + 1), jnp.inf, dtype).at[:S, 0].set(0.0),
+        last=q.y0,
+        slast=jnp.zeros(S + 1, dtype),
+        status=jnp.where(jnp.arange(S + 1) < n_real, 0, _CODE["padding"]).astype(jnp.int32),
+        steps=jnp.zeros((S + 1, 2), jnp.int32),
+        n_saved=jnp.ones(S + 1, jnp.int32),
+        it=jnp.asarray(0),
+    )
+
+
+def _body(c: _Carry, q: _Queue, n_real: Array, rtol: Array, eps: Array, max_steps: Array) -> _Carry:
+    """One iteration of the lanes: step, accept or reject, classify the finished, save, refill."""
+    S = q.y0.shape[0] - 1
+    T = q.s_grid.shape[1]
+    args, atol, active = _take(q.args, c.which), q.atol[c.which], c.active
+    s_target = q.s_grid[c.which, jnp.minimum(c.save_idx, T - 1)]
+    lands = c.h >= s_target - c.s
+    h = jnp.where(lands, s_target - c.s, c.h)
+    trial = _esdirk_step(c, h, args, atol, rtol)
+
+    finite = jnp.isfinite(trial.err) & jnp.all(jnp.isfinite(trial.y), axis=1)
+    accept = trial.newton_ok & finite & (trial.y[:, -2] > 0) & (trial.err <= 1.0)
+    fac = _SAFETY * jnp.maximum(jnp.where(finite, trial.err, 1e10), 1e-10) ** (-1.0 / _ORDER_ERR)
+    fac = jnp.where(trial.newton_ok, jnp.clip(fac, _FAC_MIN, _FAC_MAX), 0.25)
+    # after a step shortened to land on a save point, keep the longer proposal
+    h_next = jnp.where(accept & lands, jnp.maximum(h * fac, c.h), h * fac)
+    y = jnp.where(accept[:, None], trial.y, c.y)
+    g = jnp.where(accept[:, None], trial.g, c.g)
+    s = jnp.where(accept, jnp.where(lands, s_target, c.s + h), c.s)
+    n_acc = c.n_acc + accept.astype(jnp.int32)
+    n_rej = c.n_rej + (active & ~accept).astype(jnp.int32)
+
+    # outcome of the lanes that finish now (priority: converged, horizon, grid, stall, budget)
+    converged = accept & (_stop_ratio(trial.y, trial.g, args["r_coef"]) <= eps)
+    horizon = accept & ~converged & (trial.y[:, -1] >= q.t_max[c.which])
+    grid = accept & ~converged & ~horizon & lands & (c.save_idx >= T - 1)
+    stall = active & ~accept & (h_next <= 1e-14 * jnp.maximum(c.s, q.h0[c.which]))
+    budget = active & (n_acc + n_rej >= max_steps)
+    code = jnp.select(
+        [converged, horizon, grid, stall],
+        [_CODE["converged"], _CODE["horizon"], _CODE["save_grid_exhausted"],
+         _rejection_cause(trial)],
+        _CODE["max_steps"],
+    )  # fmt: skip
+    done = active & (converged | horizon | grid | stall | budget)
+
+    write = accept & (lands | converged | horizon)
+    idx = jnp.where(write, jnp.minimum(c.save_idx, T - 1), T)
+    row = jnp.where(active, c.which, S)
+    save_idx = jnp.minimum(c.save_idx + write.astype(jnp.int32), T)
+    drow = jnp.where(done, c.which, S)
+
+    # refill finished lanes from the queue
+    rank = jnp.cumsum(done.astype(jnp.int32)) - 1
+    cand = c.next + rank
+    take = done & (cand < n_real)
+    new = jnp.where(take, cand, S)
+    fresh = done[:, None]
+    return _Carry(
+        which=jnp.where(done, new, c.which),
+        y=jnp.where(fresh, q.y0[new], y),
+        g=jnp.where(fresh, q.g0[new], g),
+        s=jnp.where(done, 0.0, s),
+        h=jnp.where(done, q.h0[new], jnp.where(active, h_next, c.h)),
+        active=jnp.where(done, take, active),
+        save_idx=jnp.where(done, 1, save_idx),
+        n_acc=jnp.where(done, 0, n_acc),
+        n_rej=jnp.where(done, 0, n_rej),
+        next=jnp.minimum(c.next + jnp.sum(done.astype(jnp.int32)), n_real),
+        buf=c.buf.at[row, idx].set(y),
+        sbuf=c.sbuf.at[row, idx].set(s),
+        last=c.last.at[drow].set(y),
+        slast=c.slast.at[drow].set(s),
+        status=c.status.at[drow].set(code),
+        steps=c.steps.at[drow].set(jnp.stack([n_acc, n_rej], axis=1)),
+        n_saved=c.n_saved.at[drow].set(save_idx),
+        it=c.it + 1,
+    )
 
 
 @eqx.filter_jit
@@ -299,138 +484,25 @@ def _integrate(
     """Integrate the first `n_real` of `S` queued settings with `slots` lanes: a lane whose
     setting has finished takes the next one from the queue (continuous batching), so lanes never
     idle while work remains. Per-setting outcome codes are those of `STATUS`."""
-    S, n = y0.shape
-    T = s_grid.shape[1]
-    B = slots
-    zero = jnp.zeros(S, y0.dtype)
-    g0 = _vf(y0, _off_sum(zero, args_all, "w_F"), args_all)  # initial derivative, all settings
-    first = jnp.arange(B)
-    # Row S of the output buffers is a sink for idle lanes.
-    which = jnp.where(first < n_real, first, S)
+    S = y0.shape[0]
+    g0 = _vf(y0, _off_sum(jnp.zeros(S, y0.dtype), args_all, "w_F"), args_all)
+    # Row S of the queue and of the output buffers is a sink for idle lanes.
     pad = lambda a, v: jnp.concatenate([a, jnp.full((1, *a.shape[1:]), v, a.dtype)])  # noqa: E731
-    y0p, g0p, h0p = pad(y0, 1.0), pad(g0, 0.0), pad(h0, 1.0)
-    args_p = jax.tree_util.tree_map(lambda a: pad(a, 1.0), args_all)
-    s_grid_p, t_max_p, atol_p = pad(s_grid, jnp.inf), pad(t_max, jnp.inf), pad(atol_all, 1.0)
-    carry = _Carry(
-        which=which,
-        y=y0p[which],
-        g=g0p[which],
-        s=jnp.zeros(B, y0.dtype),
-        h=h0p[which],
-        active=which < S,
-        save_idx=jnp.ones(B, jnp.int32),
-        n_acc=jnp.zeros(B, jnp.int32),
-        n_rej=jnp.zeros(B, jnp.int32),
-        next=jnp.minimum(jnp.asarray(B), n_real),
-        buf=jnp.zeros((S + 1, T + 1, n), y0.dtype).at[:S, 0].set(y0),
-        sbuf=jnp.full((S + 1, T + 1), jnp.inf, y0.dtype).at[:S, 0].set(0.0),
-        status=jnp.where(jnp.arange(S + 1) < n_real, 0, 7).astype(jnp.int32),
-        steps=jnp.zeros((S + 1, 2), jnp.int32),
-        n_saved=jnp.ones(S + 1, jnp.int32),
-        it=jnp.asarray(0),
+    q = _Queue(
+        y0=pad(y0, 1.0),
+        g0=pad(g0, 0.0),
+        h0=pad(h0, 1.0),
+        args=jax.tree_util.tree_map(lambda a: pad(a, 1.0), args_all),
+        s_grid=pad(s_grid, jnp.inf),
+        t_max=pad(t_max, jnp.inf),
+        atol=pad(atol_all, 1.0),
     )
-
-    def cond(c: _Carry) -> Bool[Array, ""]:
-        return jnp.any(c.active)
-
-    def body(c: _Carry) -> _Carry:
-        args = _take(args_p, c.which)
-        atol = atol_p[c.which]
-        active = c.active
-        s_target = s_grid_p[c.which, jnp.minimum(c.save_idx, T - 1)]
-        lands = c.h >= s_target - c.s
-        h = jnp.where(lands, s_target - c.s, c.h)
-        hg = h * _G
-        Fs = {cc: _off_sum(c.s + cc * h, args, "w_F") for cc in sorted(set(_C[1:]))}
-        newton = _Newton.build(c.y, Fs[1.0], args, hg)
-        ks = [c.g]
-        ok = active
-        for i in range(1, 7):
-            z = c.y + h[:, None] * sum(a * k for a, k in zip(_A[i], ks, strict=False))
-            k = sum(a * kj for a, kj in zip(_PRED[i], ks, strict=False))
-            F = Fs[_C[i]]
-
-            def n_cond(state):
-                return jnp.any(~state[2]) & (state[1] < _NEWTON_MAX)
-
-            def n_body(state, z=z, F=F, args=args, atol=atol):
-                k, j, conv, fail, eta_prev = state
-                Y = z + hg[:, None] * k
-                dk = newton.solve(k - _vf(Y, F, args))
-                eta = _scaled(hg[:, None] * dk, Y, atol, rtol)
-                k = jnp.where(conv[:, None], k, k - dk)
-                bad = ~jnp.isfinite(eta) | ((j >= 1) & (eta > eta_prev) & (eta > _NEWTON_TOL))
-                fail = fail | (~conv & bad)
-                conv = conv | (eta <= _NEWTON_TOL) | bad
-                return k, j + 1, conv, fail, jnp.where(conv, eta_prev, eta)
-
-            start = (k, jnp.asarray(0), ~ok, jnp.zeros(B, bool), jnp.full(B, jnp.inf))
-            k, _, conv, fail, _ = jax.lax.while_loop(n_cond, n_body, start)
-            ok = ok & conv & ~fail
-            ks.append(jnp.asarray(k))
-        y_new = c.y + h[:, None] * sum(a * k for a, k in zip((*_A[6], _G), ks, strict=True))
-        err = h[:, None] * sum(b * k for b, k in zip(_B_ERR, ks, strict=True))
-        scale = jnp.maximum(jnp.abs(c.y), jnp.abs(y_new))
-        e = jnp.max(jnp.abs(err) / (atol[:, None] + rtol * scale), axis=1)
-        finite = jnp.isfinite(e) & jnp.all(jnp.isfinite(y_new), axis=1) & (y_new[:, -2] > 0)
-        accept = ok & finite & (e <= 1.0)
-        fac = _SAFETY * jnp.maximum(jnp.where(finite, e, 1e10), 1e-10) ** (-1.0 / _ORDER_ERR)
-        fac = jnp.where(ok, jnp.clip(fac, _FAC_MIN, _FAC_MAX), 0.25)
-        # after a step shortened to land on a save point, keep the longer proposal
-        h_next = jnp.where(accept & lands, jnp.maximum(h * fac, c.h), h * fac)
-
-        g_new = ks[6]  # stiffly accurate: y_new is the last stage, g(y_new) = k_7
-        y = jnp.where(accept[:, None], y_new, c.y)
-        g = jnp.where(accept[:, None], g_new, c.g)
-        s = jnp.where(accept, jnp.where(lands, s_target, c.s + h), c.s)
-        n_acc = c.n_acc + accept.astype(jnp.int32)
-        n_rej = c.n_rej + (active & ~accept).astype(jnp.int32)
-        converged = accept & (_stop_ratio(y_new, g_new, args["r_coef"]) <= eps)
-        last = lands & (c.save_idx >= T - 1)
-        horizon = accept & ~converged & ((y_new[:, -1] >= t_max_p[c.which]) | last)
-        tiny = active & ~accept & (h_next <= 1e-14 * jnp.maximum(c.s, h0p[c.which]))
-        budget = active & ~converged & ~horizon & (n_acc + n_rej >= max_steps)
-        code = jnp.where(converged, 1, jnp.where(horizon, 3, jnp.where(tiny, 5, 4)))
-        done = active & (converged | horizon | tiny | budget)
-
-        write = accept & (lands | converged | horizon)
-        idx = jnp.where(write, jnp.minimum(c.save_idx, T - 1), T)
-        row = jnp.where(active, c.which, S)
-        buf = c.buf.at[row, idx].set(y)
-        sbuf = c.sbuf.at[row, idx].set(s)
-        save_idx = jnp.minimum(c.save_idx + write.astype(jnp.int32), T)
-        drow = jnp.where(done, c.which, S)
-        status = c.status.at[drow].set(code)
-        steps = c.steps.at[drow].set(jnp.stack([n_acc, n_rej], axis=1))
-        n_saved = c.n_saved.at[drow].set(save_idx)
-
-        # refill finished lanes from the queue
-        rank = jnp.cumsum(done.astype(jnp.int32)) - 1
-        cand = c.next + rank
-        take = done & (cand < n_real)
-        new = jnp.where(take, cand, S)
-        which = jnp.where(done, new, c.which)
-        fresh = done[:, None]
-        return _Carry(
-            which=which,
-            y=jnp.where(fresh, y0p[new], y),
-            g=jnp.where(fresh, g0p[new], g),
-            s=jnp.where(done, 0.0, s),
-            h=jnp.where(done, h0p[new], jnp.where(active, h_next, c.h)),
-            active=jnp.where(done, take, active),
-            save_idx=jnp.where(done, 1, save_idx),
-            n_acc=jnp.where(done, 0, n_acc),
-            n_rej=jnp.where(done, 0, n_rej),
-            next=jnp.minimum(c.next + jnp.sum(done.astype(jnp.int32)), n_real),
-            buf=buf,
-            sbuf=sbuf,
-            status=status,
-            steps=steps,
-            n_saved=n_saved,
-            it=c.it + 1,
-        )
-
-    return jax.lax.while_loop(cond, body, carry)
+    carry = _init_carry(q, n_real, slots, s_grid.shape[1])
+    return jax.lax.while_loop(
+        lambda c: jnp.any(c.active),
+        lambda c: _body(c, q, n_real, rtol, eps, max_steps),
+        carry,
+    )
 
 
 @jax.jit
@@ -463,18 +535,21 @@ def _metrics(
 
 @dataclasses.dataclass(frozen=True)
 class BatchFlowResult:
-    """`B` solved reduced flows (numpy float64). Member `b`'s trajectory is row `b` up to
-    `n_saved[b]` (later entries are NaN).
+    """`B` solved reduced flows (numpy float64, the caller's units). Member `b`'s trajectory is
+    row `b` up to `n_saved[b]` (later entries are NaN).
 
     - `ts (B, T)`: saved times; the grid is log-spaced in `s = int u^2 dt` (the integrator's
-      independent variable), which resolves the plateau, the escape and the convergence; the
-      last saved row is the end point `t_final`;
+      independent variable), which resolves the plateau, the escape and the convergence; for a
+      converged member the last saved row is the end point `t_final`;
     - `u`, `loss` (population loss with the 1/2), `U_norm2`, `off2` (squared off-diagonal
       norm of `V = Q^T U Q`), `stop_ratio` (the stopping statistic), `s`: `(B, T)`;
     - `p (B, T, d)`: diagonal of `V`;
     - `lam (B, d)`, `Q (B, d, d)`: `Lambda_b = Q diag(lam) Q^T`; `gamma (B, d)`: eigenvalues of
       `Gamma = (1 + 1/N) Lambda + tr(Lambda)/N I` in the same order;
-    - `u_final (B,)`, `U_final (B, d, d)` (original basis), `t_final (B,)`;
+    - `u_final (B,)`, `U_final (B, d, d)` (original basis), `t_final (B,)`, `loss_final (B,)`:
+      the end point of a **converged** member; NaN for every other member;
+    - `last_u`, `last_t`, `last_s (B,)`, `last_p (B, d)`: the state when each member's solve
+      ended, converged or not (the diagnostics of a failure; `diagnostics(b)`, `last_U(b)`);
     - `status (B,)`: codes of `STATUS` (`stop_reason` gives the names; `ok` = converged);
     - `n_accepted`, `n_rejected (B,)`: per-member step counts; `stats`: totals and timings.
     """
@@ -493,6 +568,11 @@ class BatchFlowResult:
     u_final: np.ndarray
     U_final: np.ndarray
     t_final: np.ndarray
+    loss_final: np.ndarray
+    last_u: np.ndarray
+    last_t: np.ndarray
+    last_s: np.ndarray
+    last_p: np.ndarray
     n_saved: np.ndarray
     status: np.ndarray
     n_accepted: np.ndarray
@@ -511,20 +591,49 @@ class BatchFlowResult:
 
     @property
     def ok(self) -> np.ndarray:
-        return self.status == 1
+        return self.status == _CODE["converged"]
 
     @property
     def product(self) -> np.ndarray:
-        """`u U` at the end, `(B, d, d)`: the trained preconditioner."""
+        """`u U` at the end, `(B, d, d)`: the trained preconditioner (NaN unless converged)."""
         return self.u_final[:, None, None] * self.U_final
+
+    def _U(self, b: int, p: np.ndarray, s: float) -> np.ndarray:
+        V = self.off0[b] * np.exp(-self.rates[b] * s) + np.diag(p)
+        return self.Q[b] @ V @ self.Q[b].T
 
     def U_at(self, b: int, i: int) -> np.ndarray:
         """Member `b`'s full `U` at saved index `i`, original basis."""
-        V = self.off0[b] * np.exp(-self.rates[b] * self.s[b, i]) + np.diag(self.p[b, i])
-        return self.Q[b] @ V @ self.Q[b].T
+        return self._U(b, self.p[b, i], self.s[b, i])
+
+    def last_U(self, b: int) -> np.ndarray:
+        """Member `b`'s full `U` when its solve ended (converged or not), original basis."""
+        return self._U(b, self.last_p[b], self.last_s[b])
+
+    def diagnostics(self, b: int) -> dict[str, Any]:
+        """Member `b`'s outcome, step counts and last state (for `FlowError`)."""
+        return {
+            "status": STATUS[int(self.status[b])],
+            "member": b,
+            "d": int(self.lam.shape[1]),
+            "num_accepted_steps": int(self.n_accepted[b]),
+            "num_rejected_steps": int(self.n_rejected[b]),
+            "max_steps": self.stats["max_steps"],
+            "last_t": float(self.last_t[b]),
+            "last_u": float(self.last_u[b]),
+            "last_s": float(self.last_s[b]),
+            "last_U": self.last_U(b),
+        }
 
     def member(self, b: int) -> FlowResult:
-        """Member `b` as an `lsa.flow.FlowResult` (its saved rows only)."""
+        """Member `b` as an `lsa.flow.FlowResult` (its saved rows only).
+
+        Raises `FlowError` (with `diagnostics(b)`) unless the member converged: a `FlowResult`
+        is a converged solve.
+        """
+        if not self.ok[b]:
+            status = STATUS[int(self.status[b])]
+            raise FlowError(f"batch member {b} did not converge ({status})", self.diagnostics(b))
         m = int(self.n_saved[b])
         u = self.u[b, :m]
         return FlowResult(
@@ -574,38 +683,10 @@ def _stack_inits(inits: Init | Sequence[Init], B: int, d: int) -> tuple[np.ndarr
     return u0, U0
 
 
-def batch_gradient_flow(
-    Lambdas: Float[ArrayLike, "B d d"],
-    Ns: int | Sequence[int] | Int[ArrayLike, " B"],
-    inits: Init | Sequence[Init],
-    *,
-    method: EigenMethod | None = None,
-    options: FlowOptions | None = None,
-    pad_to: int | None = None,
-    slots: int | None = None,
-) -> BatchFlowResult:
-    """Integrate `B` reduced population gradient flows [ZFB Lemma 5.2] in one vectorised solve.
-
-    **Arguments:**
-
-    - `Lambdas`: `(B, d, d)` symmetric positive definite training covariances.
-    - `Ns`: training prompt lengths, one int or `B` ints.
-    - `inits`: one `Init` with batched leaves (`u (B,)`, `U (B, d, d)`) or a sequence of `B`
-      `Init`s (e.g. from `lsa.paper_init`); `u(0) > 0` is required.
-    - `method`: an `EigenMethod` (its `rtol` and `atol_factor`; default `EigenMethod()`).
-    - `options`: `FlowOptions` shared by all members: `eps` (stopping rule), `t_max`/`margin`
-      (each member's horizon, as in `gradient_flow`), `max_steps` (the loop's iteration
-      budget), `n_save`. `t_end` is not supported (the solve always ends by the stopping rule).
-    - `pad_to`: pad the batch to this size so that chunks of a scan share one compiled solve
-      (padding rows are never integrated).
-    - `slots`: how many flows are integrated side by side (default `DEFAULT_SLOTS` = 128 on a
-      CPU, `DEFAULT_SLOTS_GPU` = 4096 on a GPU; at most the batch size); a slot whose flow has
-      finished takes the next one, so flows of different stiffness do not wait for each other.
-
-    **Returns:** a `BatchFlowResult`. A member that fails (horizon reached before the stopping
-    rule, step budget, step-size underflow, NaN) does **not** raise: its `status` says why and
-    the other members are unaffected.
-    """
+def _validate(
+    Lambdas: Any, Ns: Any, inits: Any, method: Any, options: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, EigenMethod, FlowOptions]:
+    """Host-side checks; returns `(Lams, N, u0, U0, method, options)`."""
     method = EigenMethod() if method is None else method
     if not isinstance(method, EigenMethod):
         raise TypeError("batch_gradient_flow supports EigenMethod only (the eigenbasis state).")
@@ -624,70 +705,56 @@ def batch_gradient_flow(
     asym = np.max(np.abs(Lams - np.swapaxes(Lams, 1, 2)), axis=(1, 2))
     if np.any(asym > 1e-10 * np.max(np.abs(Lams), axis=(1, 2))):
         raise ValueError(f"`Lambdas[{int(np.argmax(asym))}]` is not symmetric.")
+    lam_min = np.linalg.eigvalsh(0.5 * (Lams + np.swapaxes(Lams, 1, 2)))[:, 0]
+    if np.any(lam_min <= 0):
+        raise ValueError(f"`Lambdas[{int(np.argmin(lam_min))}]` is not positive definite.")
     Nf = np.array(
         [check_length(int(n), "N") for n in np.broadcast_to(np.asarray(Ns), (B,))], np.float64
     )
     u0, U0 = _stack_inits(inits, B, d)
+    return Lams, Nf, u0, U0, method, options
 
-    lam, Q = np.linalg.eigh(0.5 * (Lams + np.swapaxes(Lams, 1, 2)))
-    if np.any(lam[:, 0] <= 0):
-        raise ValueError(f"`Lambdas[{int(np.argmin(lam[:, 0]))}]` is not positive definite.")
-    trace = lam.sum(axis=1)
-    gam = (1.0 + 1.0 / Nf)[:, None] * lam + (trace / Nf)[:, None]
-    sigma = np.maximum(np.maximum(np.abs(u0), np.linalg.norm(U0, axis=(1, 2))), 1e-300)
 
-    # Per-member horizon (gradient_flow's) and a log-spaced save grid in s.
-    T = options.n_save
-    s_grid = np.empty((B, T))
-    h0 = np.empty(B)
-    t_max = np.empty(B)
-    u_star2 = np.sqrt(np.sum(gam**-2.0, axis=1))
-    for b in range(B):
-        t_esc, t_conv = _time_scales(lam[b], gam[b], float(sigma[b]), options.eps)
-        t1 = (
-            float(options.t_max) if options.t_max is not None else options.margin * (t_esc + t_conv)
-        )
-        t_first = min(t_esc, 1.0 / float(np.max(gam[b] * lam[b] ** 2))) * 1e-3
-        s_first = min(sigma[b] ** 2, u_star2[b]) * t_first
-        s_last = 2.0 * max(u_star2[b], sigma[b] ** 2) * t1
-        s_grid[b] = np.concatenate([[0.0], np.geomspace(s_first, s_last, T - 1)])
-        h0[b] = s_first
-        t_max[b] = t1
+def _s_grid(prob: Problem, n_save: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-member save grid log-spaced in s (solver units) and the first step `h0`: from the
+    first save time to twice the s that the horizon `t1` reaches at the larger of `u*^2` and
+    `sigma^2`."""
+    u_star2 = np.sqrt(np.sum(prob.gam_s**-2.0, axis=1))
+    s_first = np.minimum(prob.sigma**2, u_star2) * prob.t_first
+    s_last = 2.0 * np.maximum(u_star2, prob.sigma**2) * prob.t1
+    grid = np.geomspace(s_first, s_last, n_save - 1, axis=1)
+    return np.concatenate([np.zeros((prob.size, 1)), grid], axis=1), s_first
 
-    V0 = np.swapaxes(Q, 1, 2) @ U0 @ Q
-    p0 = np.diagonal(V0, axis1=1, axis2=2).copy()
-    off = V0 - p0[:, :, None] * np.eye(d)
-    R = gam[:, :, None] * lam[:, :, None] * lam[:, None, :]
-    mask = ~np.eye(d, dtype=bool)
+
+def _off_args(prob: Problem) -> dict[str, np.ndarray]:
+    """The vector field's data: direct sums of exponentials up to `DIRECT_MAX_TERMS` terms,
+    the shared exp-sum tables above."""
+    B, d = prob.size, prob.d
     args: dict[str, np.ndarray] = {
-        "lam2": lam**2,
-        "c_d": gam * lam**2,
-        "r_coef": np.min(R.reshape(B, -1), axis=1),
-        "trace": trace,
+        "lam2": prob.lam_s**2,
+        "c_d": prob.c_d,
+        "r_coef": prob.r_coef,
+        "trace": prob.lam_s.sum(axis=1),
     }
     K = d * d - d
     if K <= DIRECT_MAX_TERMS:
-        rates = R[:, mask] if K else np.ones((B, 1))
-        w_off = off[:, mask] ** 2 if K else np.zeros((B, 1))
+        mask = ~np.eye(d, dtype=bool)
+        rates = prob.rates[:, mask] if K else np.ones((B, 1))
+        w_off = prob.off0[:, mask] ** 2 if K else np.zeros((B, 1))
         args.update(rates=rates, w_F=rates * w_off, w_off=w_off)
     else:
-        tables = []
-        for b in range(B):
-            r, o2 = R[b][mask], off[b][mask] ** 2
-            tables.append(ExpSumTable.build(r, np.stack([r * o2, o2], axis=1)))
-        nb = max(t.centers.shape[0] for t in tables)
-        nb = -(-nb // 32) * 32  # pad bins to a multiple of 32: fewer distinct compilations
-        centers = np.ones((B, nb))
-        moments = np.zeros((B, nb, *tables[0].moments.shape[1:]))
-        for b, tb in enumerate(tables):
-            k = tb.centers.shape[0]
-            centers[b, :k] = tb.centers
-            centers[b, k:] = tb.centers[-1]  # zero-weight padding bins
-            moments[b, :k] = tb.moments
+        centers, moments = prob.tables()
         args.update(centers=centers, moments=moments)
-    y0 = np.concatenate([p0, u0[:, None], np.zeros((B, 1))], axis=1)
-    atol = method.rtol * method.atol_factor * np.minimum(sigma**2, 1.0)
+    return args
 
+
+def _solve(
+    prob: Problem, options: FlowOptions, pad_to: int | None, slots: int | None
+) -> tuple[_Carry, dict[str, np.ndarray], int, float]:
+    """Run the vectorised integrator and the metrics; returns `(carry, metrics, lanes, wall)`."""
+    B = prob.size
+    s_grid, h0 = _s_grid(prob, options.n_save)
+    y0 = np.concatenate([prob.p0, prob.u0[:, None], np.zeros((B, 1))], axis=1)
     P = max(B, pad_to or B)
     if slots is None:
         slots = DEFAULT_SLOTS_GPU if _current_platform() == "gpu" else DEFAULT_SLOTS
@@ -698,75 +765,138 @@ def batch_gradient_flow(
             a = np.concatenate([a, np.repeat(a[-1:], P - B, axis=0)])
         return jnp.asarray(a)
 
-    jargs = {k: pad(v) for k, v in args.items()}
+    jargs = {k: pad(v) for k, v in _off_args(prob).items()}
+    T = options.n_save
     t_start = time.perf_counter()
     out = _integrate(
-        pad(y0), jargs, pad(s_grid), pad(h0), pad(t_max), pad(atol), jnp.asarray(B),
-        jnp.asarray(float(method.rtol)), jnp.asarray(float(options.eps)),
+        pad(y0), jargs, pad(s_grid), pad(h0), pad(prob.t1), pad(prob.atol), jnp.asarray(B),
+        jnp.asarray(prob.rtol), jnp.asarray(float(options.eps)),
         jnp.asarray(int(options.max_steps)), int(lanes),
     )  # fmt: skip
-    buf, sbuf = out.buf[:P, :T], out.sbuf[:P, :T]
-    met = _metrics(buf, sbuf, jargs)
+    met = _metrics(out.buf[:P, :T], out.sbuf[:P, :T], jargs)
     jax.block_until_ready(met)
     wall = time.perf_counter() - t_start
+    return out, {k: np.asarray(v)[:B] for k, v in met.items()}, lanes, wall
 
-    ys = np.asarray(buf)[:B]
-    ss = np.asarray(sbuf)[:B]
-    met_np = {k: np.asarray(v)[:B] for k, v in met.items()}
+
+def _package(
+    prob: Problem,
+    out: _Carry,
+    met: dict[str, np.ndarray],
+    options: FlowOptions,
+    lanes: int,
+    wall: float,
+) -> BatchFlowResult:
+    """Map the solver's buffers back to the caller's units; NaN the end point of failures."""
+    B, d, T = prob.size, prob.d, options.n_save
+    ys = np.asarray(out.buf)[:B, :T]
+    ss = np.asarray(out.sbuf)[:B, :T]
     status = np.asarray(out.status)[:B]
     n_saved = np.asarray(out.n_saved)[:B]
     valid = np.arange(T)[None, :] < n_saved[:, None]
     ys = np.where(valid[:, :, None], ys, np.nan)
     ss = np.where(valid, ss, np.nan)
-    met_np = {k: np.where(valid, v, np.nan) for k, v in met_np.items()}
-    rows = np.arange(B)
-    last = n_saved - 1
-    y_end = ys[rows, last]
-    s_end = ss[rows, last]
-    V_end = off * np.exp(-R * s_end[:, None, None]) + y_end[:, :-2][:, :, None] * np.eye(d)
+    met = {k: np.where(valid, v, np.nan) for k, v in met.items()}
+    ok = status == _CODE["converged"]
+    last = np.asarray(out.last)[:B]
+    s_last = np.asarray(out.slast)[:B]
+    V_end = prob.off0 * np.exp(-prob.rates * s_last[:, None, None]) + last[:, :-2, None] * np.eye(d)
+    U_end = prob.to_u(prob.Q @ V_end @ np.swapaxes(prob.Q, 1, 2))
+    nan_unless_ok = lambda x: np.where(ok.reshape((B,) + (1,) * (x.ndim - 1)), x, np.nan)  # noqa: E731
+    loss = prob.to_loss(met["loss"])
     steps = np.asarray(out.steps)[:B]
-    n_acc, n_rej = steps[:, 0], steps[:, 1]
     stats = {
         "iterations": int(out.it),
         "lanes": int(lanes),
         "max_steps": int(options.max_steps),
         "wall_seconds": wall,
         "batch": B,
-        "padded_batch": P,
-        "rtol": float(method.rtol),
+        "padded_batch": int(out.buf.shape[0] - 1),
+        "rtol": prob.rtol,
         "eps": float(options.eps),
-        "mean_steps": float(np.mean(n_acc + n_rej)),
+        "mean_steps": float(np.mean(steps.sum(axis=1))),
     }
     return BatchFlowResult(
-        ts=ys[:, :, -1],
-        u=ys[:, :, -2],
-        loss=met_np["loss"],
-        U_norm2=met_np["U_norm2"],
-        off2=met_np["off2"],
-        stop_ratio=met_np["stop_ratio"],
-        p=ys[:, :, :-2],
-        s=ss,
-        lam=lam,
-        Q=Q,
-        gamma=gam,
-        u_final=y_end[:, -2].copy(),
-        U_final=Q @ V_end @ np.swapaxes(Q, 1, 2),
-        t_final=y_end[:, -1].copy(),
+        ts=prob.to_t(ys[:, :, -1]),
+        u=prob.to_u(ys[:, :, -2]),
+        loss=loss,
+        U_norm2=prob.to_u2(met["U_norm2"]),
+        off2=prob.to_u2(met["off2"]),
+        stop_ratio=met["stop_ratio"],
+        p=prob.to_u(ys[:, :, :-2]),
+        s=prob.to_s(ss),
+        lam=prob.lam,
+        Q=prob.Q,
+        gamma=prob.gam,
+        u_final=nan_unless_ok(prob.to_u(last[:, -2])),
+        U_final=nan_unless_ok(U_end),
+        t_final=nan_unless_ok(prob.to_t(last[:, -1])),
+        loss_final=nan_unless_ok(loss[np.arange(B), n_saved - 1]),
+        last_u=prob.to_u(last[:, -2]),
+        last_t=prob.to_t(last[:, -1]),
+        last_s=prob.to_s(s_last),
+        last_p=prob.to_u(last[:, :-2]),
         n_saved=n_saved,
         status=status,
-        n_accepted=n_acc,
-        n_rejected=n_rej,
+        n_accepted=steps[:, 0],
+        n_rejected=steps[:, 1],
         stats=stats,
-        off0=off,
-        rates=R,
+        off0=prob.to_u(prob.off0),
+        rates=prob.rates * prob.scale[:, None, None] ** 3,
     )
+
+
+def batch_gradient_flow(
+    Lambdas: Float[ArrayLike, "B d d"],
+    Ns: int | Sequence[int] | Int[ArrayLike, " B"],
+    inits: Init | Sequence[Init],
+    *,
+    method: EigenMethod | None = None,
+    options: FlowOptions | None = None,
+    pad_to: int | None = None,
+    slots: int | None = None,
+) -> BatchFlowResult:
+    """Integrate `B` reduced population gradient flows [ZFB Lemma 5.2, eq. 5.4] in one
+    vectorised solve (gradient flow (3.9) on the population loss (3.8) per member).
+
+    **Arguments:**
+
+    - `Lambdas`: `(B, d, d)` symmetric positive definite training covariances.
+    - `Ns`: training prompt lengths, one int or `B` ints.
+    - `inits`: one `Init` with batched leaves (`u (B,)`, `U (B, d, d)`) or a sequence of `B`
+      `Init`s (e.g. from `lsa.paper_init`); `u(0) > 0` is required.
+    - `method`: an `EigenMethod` (its `rtol` and `atol_factor`; default `EigenMethod()`, the
+      same defaults as `gradient_flow`).
+    - `options`: `FlowOptions` shared by all members: `eps` (stopping rule), `t_max`/`margin`
+      (each member's horizon, as in `gradient_flow`), `max_steps` (each member's step
+      budget), `n_save`. `t_end` is not supported (the solve always ends by the stopping rule).
+    - `pad_to`: pad the batch to this size so that chunks of a scan share one compiled solve
+      (padding rows are never integrated).
+    - `slots`: how many flows are integrated side by side (default `DEFAULT_SLOTS` = 128 on a
+      CPU, `DEFAULT_SLOTS_GPU` = 4096 on a GPU; at most the batch size); a slot whose flow has
+      finished takes the next one, so flows of different stiffness do not wait for each other.
+
+    **Returns:** a `BatchFlowResult`. A member that fails does **not** raise: its `status`
+    names the cause (`STATUS`: horizon, max_steps, non_finite, u_nonpositive, newton_failure,
+    save_grid_exhausted, step_size_underflow), its end point is NaN, its last state is kept
+    (`last_u`, `last_t`, `diagnostics(b)`), `member(b)` raises `FlowError`, and the other
+    members are unaffected. Each member is solved in units where `tr(Lambda)/d = 1`
+    (`lsa._problem`), so step counts do not depend on the units of Lambda.
+    """
+    require_x64("lsa.batch.batch_gradient_flow")
+    Lams, Nf, u0, U0, method, options = _validate(Lambdas, Ns, inits, method, options)
+    prob = build_problem(Lams, Nf, u0, U0, method, options)
+    out, met, lanes, wall = _solve(prob, options, pad_to, slots)
+    return _package(prob, out, met, options, lanes, wall)
 
 
 def time_scales(
     lam: Float[ArrayLike, " d"], N: int, sigma: float, eps: float = 1e-10
 ) -> tuple[float, float]:
     """`(t_escape, t_converge)` from the closed-form time scales of the solver notes (the ones
-    `gradient_flow` uses for its horizon), for grouping settings of similar stiffness."""
+    `gradient_flow` uses for its horizon; ZFB Thm 4.1's Gamma), for grouping settings of
+    similar stiffness."""
     lam = np.sort(np.asarray(lam, np.float64))
     gam = (1.0 + 1.0 / N) * lam + lam.sum() / N
-    return _time_scales(lam, gam, float(sigma), eps)
+    t_esc, t_conv = _time_scales(lam[None], gam[None], np.asarray([float(sigma)]), eps)
+    return float(t_esc[0]), float(t_conv[0])

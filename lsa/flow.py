@@ -22,21 +22,33 @@ solver (default Tsit5); it is the independent cross-check and the benchmark base
 **Empirical flow** (`empirical_flow`): all `2 (d+1)^2` entries of `(W_PV, W_KQ)` under the
 empirical loss over a fixed prompt set, from any start, computed from per-prompt statistics.
 
+Units. Scaling Lambda by c (same Theta, sigma the same fraction of sigma_max) is an exact
+reparametrisation, `u(t) = c^{-1/2} u~(c^2 t)`. The solve therefore runs in units where
+`tr(Lambda)/d = 1` (`lsa._problem`, the problem builder shared with `lsa.batch`): Lambda, u, U
+and t are scaled there, every tolerance, floor, time scale and the stopping statistic are
+expressed in those units, and the trajectory, times and loss are mapped back. The step count
+does not depend on the units of Lambda (tested on random settings).
+
 Stopping. A solve ends when the estimated relative distance to the fixed point,
 `||f(y)||_max / (r_min(u) ||y||_max)` with `r_min(u) = u^2 min_ij gamma_i lambda_i lambda_j` the
 slowest linear rate, falls below `eps`. At the small-sigma saddle the estimate is of order
 `1/sigma^2` (huge), so the rule does not fire there. A horizon `t_max` (from the plateau and
 convergence time scales, with a margin) and `max_steps` stop runaway solves; hitting either is
-reported as a failure with diagnostics (`FlowError`), never as a quiet number.
+reported as a failure with diagnostics (`FlowError`, whose `status` names the cause with the
+names of `lsa.batch.STATUS`), never as a quiet number.
+
+The solves hold no host callbacks unless `progress=True` (see `_checks_without_callbacks`), so
+JAX's persistent compilation cache can store them when the caller enables it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import diffrax
@@ -48,6 +60,16 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float
 
+from . import _problem
+from ._expsum import ExpSumTable, exp_sum
+from ._options import (
+    METHODS,
+    DirectMethod,
+    EigenMethod,
+    FlowError,
+    FlowOptions,
+    _resolve_method,
+)
 from ._validate import check_covariance, check_length, check_square, warn_sigma
 from .loss import (
     PromptStats,
@@ -59,9 +81,11 @@ from .loss import (
     quadratic_loss,
 )
 from .model import from_reduced
+from .precision import require_x64
 from .prompts import Init
 
 __all__ = [
+    "METHODS",
     "BorderedDiagonal",
     "DirectMethod",
     "EigenMethod",
@@ -71,21 +95,10 @@ __all__ = [
     "FlowOptions",
     "FlowResult",
     "empirical_flow",
+    "exp_sum",
     "gradient_flow",
     "reduced_vector_field",
 ]
-
-
-class FlowError(RuntimeError):
-    """A gradient-flow solve failed (max steps, horizon, NaN, divergence).
-
-    `diagnostics` holds the solver statistics and the last state's summary.
-    """
-
-    def __init__(self, message: str, diagnostics: dict[str, Any]):
-        details = ", ".join(f"{k}={v}" for k, v in diagnostics.items())
-        super().__init__(f"{message} [{details}]")
-        self.diagnostics = diagnostics
 
 
 # ----------------------------------------------------------------------------------------
@@ -169,107 +182,6 @@ class FlooredChord(diffrax.VeryChord):
 
 
 # ----------------------------------------------------------------------------------------
-# Methods and options: small immutable objects carrying their tolerances.
-# ----------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class EigenMethod:
-    """Default reduced-flow method: Lambda's eigenbasis, closed-form off-diagonals, Kvaerno5 with
-    the O(d) `BorderedDiagonal` Newton solve. Fast and accurate for any conditioning.
-
-    - `rtol`: relative tolerance of the step-size controller (max norm);
-    - `atol_factor`: absolute tolerance `= rtol * atol_factor * sigma^2`, so the error control
-      follows the trajectory through the small-sigma plateau (solver notes);
-    - `newton_rtol`, `newton_atol_factor`, `newton_atol_floor`: tolerances of the chord
-      (simplified Newton) iteration on the stage derivatives
-      (atol `= newton_atol_factor * min(max(sigma^2, newton_atol_floor), 1)`). The floor matters
-      for tiny sigma: once the state is O(1), a chord atol of `1e-8 sigma^2` (1.4e-17 at
-      sigma = 1e-4 sigma_max, d = 10) asks for corrections below round-off, and the solve
-      churned to max_steps (200k steps, 117k rejected; 1769 steps with the floor). diffrax's
-      default reuses the step-size tolerances there; at rtol 1e-10 that demands a correction
-      near round-off, the iteration is declared divergent and ~50% of steps are rejected
-      (measured: 5925 steps, 2910 rejected, against 584 and 3 with these values, d = 5).
-    """
-
-    rtol: float = 1e-11
-    atol_factor: float = 1e-2
-    newton_rtol: float = 1e-6
-    newton_atol_factor: float = 1e-8
-    newton_atol_floor: float = 1e-6
-
-    name = "eigen"
-
-
-@dataclasses.dataclass(frozen=True)
-class DirectMethod:
-    """The reduced ODE of Lemma 5.2 in the original `(U, u)` coordinates with any diffrax solver.
-
-    Explicit solvers (the default Tsit5) become stability-limited on ill-conditioned Lambda;
-    this method exists as an independent cross-check and as a benchmark baseline.
-    """
-
-    solver: diffrax.AbstractSolver = dataclasses.field(default_factory=diffrax.Tsit5)
-    rtol: float = 1e-10
-    atol_factor: float = 1e-2
-
-    name = "direct"
-
-
-@dataclasses.dataclass(frozen=True)
-class FlowOptions:
-    """Options shared by the flows.
-
-    - `eps`: stop when the estimated relative distance to the fixed point is below `eps`;
-    - `t_end`: integrate to this time; the stopping rule still ends the solve earlier once the
-      flow has converged (past that point the state is constant to `eps`; continuing would only
-      make the implicit solver chase round-off), and the result says so;
-    - `t_max`: horizon; default from the plateau and convergence time scales times `margin`;
-    - `max_steps`: the solver's step budget;
-    - `n_save`: number of log-spaced save times;
-    - `progress`: show a progress bar (tqdm) during the solve.
-    """
-
-    eps: float = 1e-10
-    t_end: float | None = None
-    t_max: float | None = None
-    margin: float = 20.0
-    max_steps: int = 200_000
-    n_save: int = 400
-    progress: bool = False
-
-    def __post_init__(self) -> None:
-        if not (0 < self.eps < 1):
-            raise ValueError(f"`eps` must lie in (0, 1); got {self.eps}.")
-        if self.t_end is not None and not self.t_end > 0:
-            raise ValueError(f"`t_end` must be > 0; got {self.t_end}.")
-        if self.max_steps < 1:
-            raise ValueError(f"`max_steps` must be >= 1; got {self.max_steps}.")
-        if self.n_save < 2:
-            raise ValueError(f"`n_save` must be >= 2; got {self.n_save}.")
-
-
-METHODS: dict[str, Callable[[], EigenMethod | DirectMethod]] = {
-    "eigen": EigenMethod,
-    "direct": DirectMethod,
-}
-
-
-def _resolve_method(method: Any) -> EigenMethod | DirectMethod:
-    if isinstance(method, EigenMethod | DirectMethod):
-        return method
-    if isinstance(method, str):
-        try:
-            return METHODS[method]()
-        except KeyError:
-            raise ValueError(
-                f"unknown solver `method={method!r}`; choose one of {sorted(METHODS)} or pass "
-                "an EigenMethod / DirectMethod instance."
-            ) from None
-    raise TypeError(f"`method` must be a string or a method object; got {type(method).__name__}.")
-
-
-# ----------------------------------------------------------------------------------------
 # Result
 # ----------------------------------------------------------------------------------------
 
@@ -328,77 +240,6 @@ class FlowResult:
             "U_norm2": self.U_norm2,
             "balance": self.balance,
         }
-
-
-# ----------------------------------------------------------------------------------------
-# Sums of decaying exponentials in O(1): binned Taylor tables
-# ----------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ExpSumTable:
-    """`F_w(s) = sum_k w_k exp(-2 r_k s)` for `s >= 0`, evaluated in O(bins * order).
-
-    The rates are binned geometrically (ratio `1 + width` per bin); inside a bin with centre
-    `rho` each term is `exp(-2 rho s) exp(-2 (r_k - rho) s)`, and the second factor is replaced
-    by its Taylor polynomial of degree `order`, whose coefficients are summed over the bin once
-    (moments `sum_k w_k (r_k - rho)^m / m!`). With `x = 2 rho s` and `|r_k/rho - 1| <= q`, the
-    remainder of one term is at most `|w_k| e^{-x(1-q)} (x q)^{order+1} / (order+1)!`, whose
-    maximum over all `x >= 0` is `|w_k| (q/(1-q))^{order+1} (order+1)^{order+1} e^{-(order+1)}
-    / (order+1)!`: a bound uniform in `s` (`error_bound`), 2e-17 of `sum |w|` at the defaults.
-    """
-
-    centers: np.ndarray  # (bins,)
-    moments: np.ndarray  # (bins, order+1, n_weights)
-    error_bound: np.ndarray  # (n_weights,) absolute, uniform in s
-
-    @staticmethod
-    def build(
-        rates: np.ndarray, weights: np.ndarray, width: float = 0.2, order: int = 15
-    ) -> ExpSumTable:
-        rates = np.asarray(rates, np.float64).reshape(-1)
-        weights = np.asarray(weights, np.float64).reshape(rates.shape[0], -1)
-        n_w = weights.shape[1]
-        if rates.size == 0:
-            return ExpSumTable(np.ones(64), np.zeros((64, order + 1, n_w)), np.zeros(n_w))
-        if np.any(rates <= 0):
-            raise ValueError("ExpSumTable needs strictly positive rates.")
-        log_step = math.log1p(width)
-        lo = float(np.log(rates.min()))
-        idx = np.floor((np.log(rates) - lo) / log_step).astype(np.int64)
-        nb = int(idx.max()) + 1
-        centers = np.exp(lo + (np.arange(nb) + 0.5) * log_step)
-        delta = rates - centers[idx]
-        moments = np.zeros((nb, order + 1, n_w))
-        term = weights.copy()
-        for m in range(order + 1):
-            if m > 0:
-                term = term * (delta / m)[:, None]
-            for w in range(n_w):
-                moments[:, m, w] = np.bincount(idx, weights=term[:, w], minlength=nb)
-        # Pad to a power-of-two number of bins with zero-weight bins: the table's shape then
-        # depends only on the rate span's order of magnitude, so a new problem of the same d
-        # reuses the compiled solve instead of recompiling for a new shape.
-        nb_pad = max(64, 1 << (nb - 1).bit_length())
-        centers = np.concatenate([centers, np.full(nb_pad - nb, centers[-1])])
-        moments = np.concatenate([moments, np.zeros((nb_pad - nb, order + 1, n_w))])
-        q = math.sqrt(1.0 + width) - 1.0
-        k = order + 1
-        tail = (q / (1 - q)) ** k * math.exp(k * math.log(k) - k - math.lgamma(k + 1))
-        return ExpSumTable(centers, moments, tail * np.sum(np.abs(weights), axis=0))
-
-    def args(self) -> tuple[Array, Array]:
-        return jnp.asarray(self.centers), jnp.asarray(self.moments)
-
-
-def exp_sum(s: Any, centers: Array, moments: Array) -> Array:
-    """Evaluate an `ExpSumTable` at `s` (traceable): returns `(n_weights,)`."""
-    order = moments.shape[1] - 1
-    # Beyond s_cut every exp(-2 rho s) underflows to 0, so clipping s there is exact and keeps
-    # (-2 s)^order finite.
-    s = jnp.minimum(s, 400.0 / jnp.min(centers))
-    pows = (-2.0 * s) ** jnp.arange(order + 1)
-    return jnp.exp(-2.0 * s * centers) @ jnp.einsum("bmw,m->bw", moments, pows)
 
 
 # ----------------------------------------------------------------------------------------
@@ -493,14 +334,49 @@ def _f64(x: Any) -> Array:
     return jnp.asarray(x, dtype=jnp.float64)
 
 
-def _controller(rtol, atol):
-    return diffrax.PIDController(rtol=rtol, atol=atol, norm=optx.max_norm)
+def _controller(rtol, atol, pcoeff=0.0, icoeff=1.0):
+    return diffrax.PIDController(
+        rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff, norm=optx.max_norm
+    )
+
+
+@contextlib.contextmanager
+def _checks_without_callbacks() -> Iterator[None]:
+    """Trace `diffeqsolve`'s input checks without host callbacks.
+
+    `diffeqsolve` validates `(t1 - t0) * dt0 >= 0` and the ordering and range of `SaveAt.ts`
+    with `equinox.error_if`. With traced values (ours are arrays, so that a new problem reuses
+    the compiled solve) each check becomes a `jax.pure_callback` under equinox's default
+    `EQX_ON_ERROR=raise`, and JAX refuses to write an executable holding host callbacks to the
+    persistent compilation cache. The values are validated on the host before the call
+    (`t1 > 0`, `dt0 > 0`, save times increasing in `[0, t1]`), so while the solve is traced the
+    checks are switched to equinox's callback-free `nan` mode (a violated check would make the
+    output NaN, which `gradient_flow` reports as `non_finite`). The setting is restored after
+    tracing and affects nothing else.
+    """
+    from equinox import _errors
+
+    if not hasattr(_errors, "EQX_ON_ERROR"):  # another equinox layout: keep its checks (the
+        yield  # solve still works; it only may not be written to the persistent cache)
+        return
+    old = _errors.EQX_ON_ERROR
+    _errors.EQX_ON_ERROR = "nan" if old == "raise" else old
+    try:
+        yield
+    finally:
+        _errors.EQX_ON_ERROR = old
+
+
+def _progress_meter(progress: bool) -> diffrax.AbstractProgressMeter:
+    # tqdm's meter calls back to the host at every step: only when asked for.
+    return diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter()
 
 
 @eqx.filter_jit
 def _solve_eig(
-    y0, args, ts, t1, dt0, rtol, atol, newton_rtol, newton_atol, *, use_event, max_steps, progress
-):
+    y0, args, ts, t1, dt0, rtol, atol, newton_rtol, newton_atol, pid,
+    *, use_event, max_steps, progress,
+):  # fmt: skip
     solver = diffrax.Kvaerno5(
         root_finder=FlooredChord(
             rtol=newton_rtol,
@@ -519,11 +395,11 @@ def _solve_eig(
         y0=y0,
         args=args,
         saveat=diffrax.SaveAt(ts=ts, t1=True, fn=_eig_metrics),
-        stepsize_controller=_controller(rtol, atol),
+        stepsize_controller=_controller(rtol, atol, *pid),
         event=event,
         max_steps=max_steps,
         throw=False,
-        progress_meter=diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter(),
+        progress_meter=_progress_meter(progress),
     )
 
 
@@ -543,17 +419,122 @@ def _solve_direct(y0, args, ts, t1, dt0, rtol, atol, solver, *, use_event, max_s
         event=event,
         max_steps=max_steps,
         throw=False,
-        progress_meter=diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter(),
+        progress_meter=_progress_meter(progress),
     )
 
 
 def _time_scales(lam: np.ndarray, gam: np.ndarray, sigma: float, eps: float) -> tuple[float, float]:
     """(plateau escape time, slow convergence time) from the solver notes' formulas."""
-    u_star2 = float(np.sqrt(np.sum(gam**-2.0)))  # ||Gamma^-1||_F, the limit u*^2
-    t_esc = math.log(max(math.sqrt(u_star2) / sigma, math.e)) / float(np.sqrt(np.sum(lam**4)))
-    r_min = u_star2 * float(np.min(gam[:, None] * lam[:, None] * lam[None, :]))
-    t_conv = math.log(1e4 / eps) / r_min
-    return t_esc, t_conv
+    t_esc, t_conv = _problem.time_scales(lam, gam, np.asarray([sigma]), eps)
+    return float(t_esc[0]), float(t_conv[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Single:
+    """A validated single-flow request (host values, caller's units)."""
+
+    Lambda: np.ndarray
+    N: int
+    u0: float
+    U0: np.ndarray
+    method: EigenMethod | DirectMethod
+    options: FlowOptions
+
+
+def _validate(Lambda: Any, N: Any, init: Init, method: Any, options: Any) -> _Single:
+    lam_np = check_covariance(Lambda)
+    d = lam_np.shape[0]
+    N = check_length(N, "N")
+    method = _resolve_method(method)
+    options = FlowOptions() if options is None else options
+    U0 = check_square(init.U, "init.U", d)
+    u0 = float(init.u)
+    if not math.isfinite(u0):
+        raise ValueError("`init.u` must be finite.")
+    return _Single(lam_np, N, u0, U0, method, options)
+
+
+def _save_grid(prob: _problem.Problem, n_save: int) -> np.ndarray:
+    """`t = 0` and `n_save - 1` log-spaced times up to the end `t1` (solver units)."""
+    t1, t_first = float(prob.t1[0]), float(prob.t_first[0])
+    ts = np.concatenate([[0.0], np.geomspace(min(t_first, t1 / 10), t1, n_save - 1)])
+    return np.minimum(ts, t1)  # geomspace can overshoot its end point by one ulp
+
+
+def _run(req: _Single, prob: _problem.Problem) -> tuple[Any, dict[str, Any]]:
+    """Integrate in solver units; returns diffrax's solution and the pieces to map it back."""
+    method, options = req.method, req.options
+    ts = _save_grid(prob, options.n_save)
+    common = (jnp.asarray(ts), _f64(prob.t1[0]), _f64(prob.t_first[0]), _f64(prob.rtol),
+              _f64(prob.atol[0]))  # fmt: skip
+    flags = {"use_event": True, "max_steps": options.max_steps, "progress": options.progress}
+    extra: dict[str, Any] = {}
+    with _checks_without_callbacks():
+        if isinstance(method, EigenMethod):
+            centers, moments = prob.tables()
+            args = (
+                jnp.asarray(prob.lam_s[0] ** 2),
+                jnp.asarray(prob.c_d[0]),
+                jnp.asarray(centers[0]),
+                jnp.asarray(moments[0]),
+                _f64(prob.r_coef[0]),
+                _f64(prob.lam_s[0].sum()),
+                _f64(options.eps),
+            )
+            y0 = jnp.asarray(np.concatenate([prob.p0[0], [prob.u0[0], 0.0]]))
+            pid = (_f64(method.pcoeff), _f64(method.icoeff))
+            sol = _solve_eig(y0, args, *common, _f64(method.newton_rtol),
+                             _f64(prob.newton_atol[0]), pid, **flags)  # fmt: skip
+            extra["U_fn"] = functools.partial(
+                _U_eig, off=prob.off0[0], R=prob.rates[0], Q=prob.Q[0], root_a=prob.scale[0] ** 0.5
+            )
+            extra["u_col"] = -2
+        else:
+            lam_s = req.Lambda / prob.scale[0]
+            dargs = tuple(map(_f64, (lam_s, req.N, prob.r_coef[0], options.eps)))
+            U0_s = req.U0 * prob.scale[0] ** 0.5
+            y0 = jnp.asarray(np.concatenate([U0_s.reshape(-1), [prob.u0[0]]]))
+            sol = _solve_direct(y0, dargs, *common, method.solver, **flags)
+            extra["U_fn"] = functools.partial(_U_direct, d=prob.d, root_a=prob.scale[0] ** 0.5)
+            extra["u_col"] = -1
+        jax.block_until_ready(sol.ys)
+    return sol, extra
+
+
+def _outcome(sol: Any, final: np.ndarray, loss: np.ndarray, u_col: int, req: _Single) -> str:
+    """The status name of a finished solve: diffrax's result, then checks of the final state."""
+    R = diffrax.RESULTS
+    res = sol.result
+    if not (np.all(np.isfinite(final)) and np.all(np.isfinite(loss))):
+        return "non_finite"
+    if res == R.event_occurred:
+        return "converged"
+    if res == R.successful:
+        return "t_end" if req.options.t_end is not None else "horizon"
+    if final[u_col] * math.copysign(1.0, req.u0) <= 0:
+        return "u_nonpositive"
+    if res == R.max_steps_reached:
+        return "max_steps"
+    if res in (R.nonlinear_divergence, R.nonlinear_max_steps_reached, R.singular, R.breakdown):
+        return "newton_failure"
+    if res == R.dt_min_reached:
+        return "step_size_underflow"
+    if res == R.nonfinite:
+        return "non_finite"
+    return "solver_failure"
+
+
+_MESSAGES = {
+    "max_steps": "gradient flow hit max_steps before the stopping rule fired; raise "
+    "FlowOptions(max_steps=...) or loosen eps",
+    "horizon": "gradient flow reached the horizon t_max without meeting the stopping rule "
+    "(eps={eps}); raise FlowOptions(t_max=...) or margin",
+    "non_finite": "gradient flow produced NaN or inf (divergence)",
+    "u_nonpositive": "gradient flow ended with u crossed to the other sign of u(0)",
+    "newton_failure": "gradient flow stopped: the implicit solver's Newton iteration failed",
+    "step_size_underflow": "gradient flow stopped: the step size underflowed",
+    "solver_failure": "solver failed: {result}",
+}
 
 
 def gradient_flow(
@@ -564,11 +545,14 @@ def gradient_flow(
     method: EigenMethod | DirectMethod | str = "eigen",
     options: FlowOptions | None = None,
 ) -> FlowResult:
-    """Integrate the reduced population gradient flow of ZFB Lemma 5.2 from `init`.
+    """Integrate the reduced population gradient flow of ZFB Lemma 5.2 (eq. 5.4) from `init`.
 
-    Trains one LSA layer on the population loss (3.8) with `x ~ N(0, Lambda)`, `w ~ N(0, I)`
-    and training prompt length `N`. Theorem 4.1 predicts the limit `u U -> Gamma^{-1}` (eq. 4.1)
-    when `init` follows Assumption 3.3 with `sigma < sigma_max`.
+    Trains one LSA layer on the population loss (3.8) by gradient flow (3.9) with
+    `x ~ N(0, Lambda)`, `w ~ N(0, I)` and training prompt length `N`. Theorem 4.1 predicts the
+    limit `u U -> Gamma^{-1}` (eq. 4.1) when `init` follows Assumption 3.3 with
+    `sigma < sigma_max`. The solve runs in units where `tr(Lambda)/d = 1` (`lsa._problem`), so
+    its step count and accuracy do not depend on the units of Lambda; results are in the
+    caller's units.
 
     **Arguments:**
 
@@ -580,92 +564,30 @@ def gradient_flow(
 
     **Returns:**
 
-    A `FlowResult`. Raises `FlowError` with diagnostics if the solver fails (max steps, NaN or
-    divergence) or the horizon is reached before the stopping rule fires.
+    A `FlowResult`. Raises `FlowError` with diagnostics (`status`: `max_steps`, `horizon`,
+    `non_finite`, `u_nonpositive`, `newton_failure`, `step_size_underflow` or
+    `solver_failure`; the last state) if the solver fails or the horizon is reached before the
+    stopping rule fires.
     """
-    lam_np = check_covariance(Lambda)
-    d = lam_np.shape[0]
-    N = check_length(N, "N")
-    method = _resolve_method(method)
-    options = FlowOptions() if options is None else options
-    U0 = check_square(init.U, "init.U", d)
-    u0 = float(init.u)
-    if not math.isfinite(u0):
-        raise ValueError("`init.u` must be finite.")
-    lam, Q = np.linalg.eigh(lam_np)
-    gam = (1.0 + 1.0 / N) * lam + lam.sum() / N
-    if _is_balanced(u0, U0):
+    require_x64("lsa.gradient_flow")
+    req = _validate(Lambda, N, init, method, options)
+    prob = _problem.build_problem(
+        req.Lambda[None], np.array([req.N]), np.array([req.u0]), req.U0[None], req.method,
+        req.options,
+    )  # fmt: skip
+    if _is_balanced(req.u0, req.U0):
         # sigma_max = sqrt(2 / (sqrt(d) ||Gamma||_op)) from the eigenvalues already at hand
-        warn_sigma(abs(u0), math.sqrt(2.0 / (math.sqrt(d) * float(gam.max()))))
-    sigma = max(abs(u0), float(np.linalg.norm(U0)), 1e-300)
-    t_esc, t_conv = _time_scales(lam, gam, sigma, options.eps)
-    if options.t_end is not None:
-        t1 = float(options.t_end)
-    elif options.t_max is not None:
-        t1 = float(options.t_max)
-    else:
-        t1 = options.margin * (t_esc + t_conv)
-    t_first = min(t_esc, 1.0 / float(np.max(gam * lam**2))) * 1e-3
-    ts = np.concatenate([[0.0], np.geomspace(min(t_first, t1 / 10), t1, options.n_save - 1)])
-    ts = np.minimum(ts, t1)  # geomspace can overshoot its end point by one ulp
-    use_event = True
-    rtol = method.rtol
-    atol = rtol * method.atol_factor * min(sigma**2, 1.0)
-    r_coef = float(np.min(gam[:, None] * lam[:, None] * lam[None, :]))
-    dt0 = t_first
-
+        warn_sigma(abs(req.u0), math.sqrt(2.0 / (math.sqrt(prob.d) * float(prob.gam.max()))))
     t_start = time.perf_counter()
-    if isinstance(method, EigenMethod):
-        V0 = Q.T @ U0 @ Q
-        p0 = np.diag(V0).copy()
-        off = V0 - np.diag(p0)
-        R = gam[:, None] * lam[:, None] * lam[None, :]
-        c_d = gam * lam**2
-        mask = ~np.eye(d, dtype=bool)
-        table = ExpSumTable.build(R[mask], np.stack([(R * off**2)[mask], (off**2)[mask]], axis=1))
-        args = (
-            jnp.asarray(lam**2),
-            jnp.asarray(c_d),
-            *table.args(),
-            jnp.asarray(r_coef),
-            jnp.asarray(lam.sum()),
-            jnp.asarray(options.eps),
-        )
-        y0 = jnp.asarray(np.concatenate([p0, [u0, 0.0]]))
-        newton_atol = method.newton_atol_factor * min(max(sigma**2, method.newton_atol_floor), 1.0)
-        sol = _solve_eig(
-            y0,
-            args,
-            jnp.asarray(ts),
-            _f64(t1),
-            _f64(dt0),
-            _f64(rtol),
-            _f64(atol),
-            _f64(method.newton_rtol),
-            _f64(newton_atol),
-            use_event=use_event,
-            max_steps=options.max_steps,
-            progress=options.progress,
-        )
-    else:
-        dargs = tuple(map(_f64, (lam_np, N, r_coef, options.eps)))
-        y0 = jnp.asarray(np.concatenate([U0.reshape(-1), [u0]]))
-        sol = _solve_direct(
-            y0,
-            dargs,
-            jnp.asarray(ts),
-            _f64(t1),
-            _f64(dt0),
-            _f64(rtol),
-            _f64(atol),
-            method.solver,
-            use_event=use_event,
-            max_steps=options.max_steps,
-            progress=options.progress,
-        )
-    jax.block_until_ready(sol.ys)
+    sol, extra = _run(req, prob)
     wall = time.perf_counter() - t_start
+    return _package(req, prob, sol, extra, wall)
 
+
+def _package(
+    req: _Single, prob: _problem.Problem, sol: Any, extra: dict[str, Any], wall: float
+) -> FlowResult:
+    """Map the solution back to the caller's units; raise `FlowError` unless it succeeded."""
     ts_out = np.asarray(sol.ts)
     ys = np.asarray(sol.ys["y"])
     loss = np.asarray(sol.ys["loss"])
@@ -675,83 +597,66 @@ def gradient_flow(
     finite = np.nonzero(np.isfinite(ts_out))[0]
     idx = finite[np.concatenate([np.diff(ts_out[finite]) > 0, [True]])]
     ts_out, ys, loss, U2 = ts_out[idx], ys[idx], loss[idx], U2[idx]
+    u_col = extra["u_col"]
+    ts_t = prob.to_t(ts_out)
+    if req.options.t_end is not None and len(ts_t) and ts_out[-1] == prob.t1[0]:
+        ts_t[-1] = req.options.t_end  # exact, not t_end a^2 / a^2
+    final = ys[-1] if len(ys) else np.full(ys.shape[1:], np.nan)
     stats = {
         "num_steps": int(sol.stats["num_steps"]),
         "num_accepted_steps": int(sol.stats["num_accepted_steps"]),
         "num_rejected_steps": int(sol.stats["num_rejected_steps"]),
-        "max_steps": options.max_steps,
+        "max_steps": req.options.max_steps,
         "wall_seconds": wall,
-        "t_horizon": t1,
-        "rtol": rtol,
-        "atol": atol,
+        "t_horizon": float(prob.to_t(prob.t1)[0]),
+        "rtol": prob.rtol,
+        "atol": float(prob.to_u(prob.atol)[0]),
+        "unit_scale": float(prob.scale[0]),
         "result": str(sol.result),
     }
-    final = ys[-1] if len(ys) else np.full(y0.shape, np.nan)
-    t_final = float(ts_out[-1]) if len(ts_out) else float("nan")
-    diag = {
-        "method": method.name,
-        "d": d,
-        "N": N,
-        "t_final": t_final,
-        "u_final": float(final[-2] if isinstance(method, EigenMethod) else final[-1]),
-        **{k: stats[k] for k in ("num_steps", "num_rejected_steps", "t_horizon")},
-    }
-    if sol.result == diffrax.RESULTS.max_steps_reached:
-        raise FlowError(
-            "gradient flow hit max_steps before the stopping rule fired; raise "
-            "FlowOptions(max_steps=...) or loosen eps",
-            diag,
-        )
-    if not np.all(np.isfinite(final)) or not np.all(np.isfinite(loss)):
-        raise FlowError("gradient flow produced NaN or inf (divergence)", diag)
-    if sol.result == diffrax.RESULTS.event_occurred:
-        stop_reason = "converged"
-    elif sol.result == diffrax.RESULTS.successful:
-        if options.t_end is None:
-            raise FlowError(
-                "gradient flow reached the horizon t_max without meeting the stopping rule "
-                f"(eps={options.eps}); raise FlowOptions(t_max=...) or margin",
-                diag,
-            )
-        stop_reason = "t_end"
-    else:
-        raise FlowError(f"solver failed: {sol.result}", diag)
-
-    if isinstance(method, EigenMethod):
-        u_traj = ys[:, -2]
-
-        U_fn: Callable[[int], np.ndarray] = functools.partial(_U_eig, ys, off, R, Q)
-
-    else:
-        u_traj = ys[:, -1]
-
-        U_fn = functools.partial(_U_direct, ys, d)
-
-    U_final = U_fn(len(ts_out) - 1)
+    status = _outcome(sol, final, loss, u_col, req)
+    if status not in ("converged", "t_end"):
+        diag = {
+            "status": status,
+            "method": req.method.name,
+            "d": prob.d,
+            "N": req.N,
+            "t_final": float(ts_t[-1]) if len(ts_t) else float("nan"),
+            "u_final": float(prob.to_u(final[u_col])) if len(ys) else float("nan"),
+            **{k: stats[k] for k in ("num_steps", "num_rejected_steps", "t_horizon", "result")},
+            "last_state": prob.to_u(final),
+        }
+        msg = _MESSAGES[status].format(eps=req.options.eps, result=sol.result)
+        raise FlowError(msg, diag)
+    u_traj = prob.to_u(ys[:, u_col])
+    U_fn: Callable[[int], np.ndarray] = functools.partial(extra["U_fn"], ys)
     return FlowResult(
-        ts=ts_out,
+        ts=ts_t,
         u=u_traj,
-        loss=loss,
-        U_norm2=U2,
-        balance=u_traj**2 - U2,
+        loss=prob.to_loss(loss),
+        U_norm2=prob.to_u2(U2),
+        balance=u_traj**2 - prob.to_u2(U2),
         u_final=float(u_traj[-1]),
-        U_final=U_final,
-        t_final=t_final,
-        stop_reason=stop_reason,
+        U_final=U_fn(len(ts_out) - 1),
+        t_final=float(ts_t[-1]),
+        stop_reason=status,
         stats=stats,
-        method=method.name,
+        method=req.method.name,
         _U_fn=U_fn,
     )
 
 
-def _U_eig(ys: np.ndarray, off: np.ndarray, R: np.ndarray, Q: np.ndarray, i: int) -> np.ndarray:
-    """U at saved row i: closed-form off-diagonals `V_ij(0) exp(-c_ij s)` plus the diagonal."""
+def _U_eig(
+    ys: np.ndarray, i: int, *, off: np.ndarray, R: np.ndarray, Q: np.ndarray, root_a: float
+) -> np.ndarray:
+    """U at saved row i: closed-form off-diagonals `V_ij(0) exp(-c_ij s)` plus the diagonal,
+    mapped from solver units (`/ a^{1/2}`)."""
     V = off * np.exp(-R * ys[i, -1]) + np.diag(ys[i, :-2])
-    return Q @ V @ Q.T
+    return (Q @ V @ Q.T) / root_a
 
 
-def _U_direct(ys: np.ndarray, d: int, i: int) -> np.ndarray:
-    return ys[i, :-1].reshape(d, d)
+def _U_direct(ys: np.ndarray, i: int, *, d: int, root_a: float) -> np.ndarray:
+    return ys[i, :-1].reshape(d, d) / root_a
 
 
 def _is_balanced(u0: float, U0: np.ndarray) -> bool:
@@ -818,7 +723,7 @@ def _solve_emp(y0, stats, ts, t1, dt0, rtol, atol, newton_atol, *, max_steps, pr
         stepsize_controller=_controller(rtol, atol),
         max_steps=max_steps,
         throw=False,
-        progress_meter=diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter(),
+        progress_meter=_progress_meter(progress),
     )
 
 
@@ -846,6 +751,7 @@ def empirical_flow(
 
     **Returns:** an `EmpiricalResult`; raises `FlowError` on solver failure or NaN.
     """
+    require_x64("lsa.empirical_flow")
     W_PV = np.asarray(W_PV, dtype=np.float64)
     W_KQ = np.asarray(W_KQ, dtype=np.float64)
     D = W_PV.shape[-1] if isinstance(stats, QuadraticLoss) else stats.S.shape[-1]
@@ -861,18 +767,19 @@ def empirical_flow(
     ts = np.minimum(np.concatenate([[0.0], np.geomspace(t_end * 1e-6, t_end, n_save - 1)]), t_end)
     y0 = (jnp.asarray(W_PV), jnp.asarray(W_KQ))
     t_start = time.perf_counter()
-    sol = _solve_emp(
-        y0,
-        stats,
-        jnp.asarray(ts),
-        _f64(t_end),
-        _f64(t_end * 1e-6),
-        _f64(rtol),
-        _f64(atol),
-        _f64(1e-9),
-        max_steps=max_steps,
-        progress=progress,
-    )
+    with _checks_without_callbacks():
+        sol = _solve_emp(
+            y0,
+            stats,
+            jnp.asarray(ts),
+            _f64(t_end),
+            _f64(t_end * 1e-6),
+            _f64(rtol),
+            _f64(atol),
+            _f64(1e-9),
+            max_steps=max_steps,
+            progress=progress,
+        )
     jax.block_until_ready(sol.ys)
     wall = time.perf_counter() - t_start
     stats_out = {

@@ -377,7 +377,7 @@ def test_bordered_diagonal_solver(m, k):
 def test_max_steps_raises(prob):
     # The check is shared by both methods; the direct (Tsit5) solve is used here because it
     # compiles in a fraction of the time of the implicit eigenbasis solve.
-    with pytest.raises(flow.FlowError, match="max_steps"):
+    with pytest.raises(flow.FlowError, match="max_steps") as exc:
         flow.gradient_flow(
             prob["Lambda"],
             N_TRAIN,
@@ -385,16 +385,96 @@ def test_max_steps_raises(prob):
             method="direct",
             options=flow.FlowOptions(max_steps=5),
         )
+    diag = exc.value.diagnostics
+    assert exc.value.status == diag["status"] == "max_steps"
+    assert diag["num_steps"] == 5
+    # the last state is kept, in the caller's units: (U, u) flattened for the direct method
+    last = diag["last_state"]
+    assert last.shape == (D * D + 1,) and np.all(np.isfinite(last))
+    assert last[-1] == diag["u_final"] and 0 < diag["t_final"] < T1
+
+
+def test_non_finite_start_is_named(prob):
+    """A start whose powers overflow makes the vector field non-finite: reported as
+    `non_finite`, not as a generic solver failure (direct method: cheap to compile)."""
+    init = lsa.Init(u=jnp.asarray(1e154), U=prob["init"].U)
+    with pytest.raises(flow.FlowError, match="NaN or inf") as exc:
+        flow.gradient_flow(prob["Lambda"], N_TRAIN, init, method="direct")
+    assert exc.value.status == "non_finite"
 
 
 def test_short_horizon_raises(prob, fixed_T):
     # t_max = T1 (the horizon of a fixed_T run, so the compiled solve is reused), no t_end: the
     # stopping rule cannot fire by then, which must be an error, not a quiet number.
     assert fixed_T[T1].stop_reason == "t_end"
-    with pytest.raises(flow.FlowError, match="horizon"):
+    with pytest.raises(flow.FlowError, match="horizon") as exc:
         flow.gradient_flow(
             prob["Lambda"], N_TRAIN, prob["init"], options=flow.FlowOptions(t_max=T1)
         )
+    assert exc.value.status == "horizon"
+    assert exc.value.diagnostics["t_final"] == pytest.approx(T1, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# the solve does not depend on units (Lambda -> c Lambda is an exact reparametrisation)
+
+
+def _haar(rng, d):
+    Q, R = np.linalg.qr(rng.standard_normal((d, d)))
+    return Q * np.sign(np.diag(R))[None, :]
+
+
+def _random_setting(rng, d):
+    """Random rotated Lambda (condition <= 100, trace log-uniform in [1e-2 d, 1e2 d]), N in
+    1..200, sigma log-uniform in [1e-4, 0.9] sigma_max, Theta Theta^T random; and a scale c."""
+    kappa = float(np.exp(rng.uniform(0.0, np.log(100.0))))
+    lam = np.exp(rng.uniform(0.0, np.log(kappa), d))
+    lam[:2] = [1.0, kappa][: min(d, 2)]
+    lam *= d * 10.0 ** rng.uniform(-2.0, 2.0) / lam.sum()
+    Q = _haar(rng, d)
+    L = (Q * lam[None, :]) @ Q.T
+    Z = rng.standard_normal((d, d))
+    TT = Z @ Z.T / np.linalg.norm(Z @ Z.T)
+    return {
+        "Lambda": 0.5 * (L + L.T),
+        "N": int(np.round(np.exp(rng.uniform(0.0, np.log(200.0))))),
+        "kappa": kappa,
+        "fraction": float(10.0 ** rng.uniform(-4.0, np.log10(0.9))),
+        "TT": TT,
+        "c": float(10.0 ** rng.uniform(-2.0, 2.0)),
+    }
+
+
+def _solve_at(L, N, fraction, TT):
+    sigma = fraction * lsa.sigma_bound(L, N)
+    r = flow.gradient_flow(L, N, lsa.Init(u=jnp.asarray(sigma), U=jnp.asarray(sigma * TT)))
+    d = L.shape[0]
+    Gi = np.linalg.inv((1.0 + 1.0 / N) * L + np.trace(L) / N * np.eye(d))  # Gamma^{-1}
+    return r, _rel(r.product, Gi)
+
+
+def test_step_counts_do_not_depend_on_units():
+    """Property test over random settings (d 2-30, N 1-200, kappa <= 100, tr Lambda from
+    1e-2 d to 1e2 d, sigma from 1e-4 to 0.9 sigma_max, Haar-rotated Lambda): every solve
+    converges, u U = Gamma^{-1} to 1e-8, and the solve of c Lambda (c in 1e-2..1e2, same Theta,
+    same sigma / sigma_max) takes the same number of steps (within 5 %; the computation is the
+    same up to round-off in the unit scale). Three values of d keep the compilations few."""
+    rng = np.random.default_rng(20241130)
+    for i in range(9):
+        d = (2, 9, 30)[i % 3]
+        st = _random_setting(rng, d)
+        L, N = st["Lambda"], st["N"]
+        r1, e1 = _solve_at(L, N, st["fraction"], st["TT"])
+        r2, e2 = _solve_at(st["c"] * L, N, st["fraction"], st["TT"])
+        n1, n2 = r1.stats["num_steps"], r2.stats["num_steps"]
+        info = (
+            f"d={d} N={N} kappa={st['kappa']:.3g} tr/d={np.trace(L) / d:.3g} "
+            f"sigma/sigma_max={st['fraction']:.3g} c={st['c']:.3g}: steps {n1}, {n2}"
+        )
+        assert r1.stop_reason == r2.stop_reason == "converged", info
+        assert abs(n1 - n2) <= 0.05 * n1, info
+        assert e1 <= 1e-8 and e2 <= 1e-8, f"{info}; errors {e1:.2e}, {e2:.2e}"
+        print(info)
 
 
 def test_bad_method_and_options(prob):
