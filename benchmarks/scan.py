@@ -39,8 +39,8 @@ import numpy as np
 
 import lsa
 import simulations
-from lsa.flow import EigenMethod, FlowOptions
 from simulations import scans
+from simulations.scans.parameters import setting_of
 
 MEASURES = ["final_loss", "dist_Ginv", "t_escape", "t_converge"]
 
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default=None, help="cpu, gpu or auto (default: LSA_FLOW_DEVICE)")
     ap.add_argument("--json", type=Path, help="write the numbers here")
     args = ap.parse_args(argv)
+    lsa.set_precision("float64")  # an explicit choice: importing lsa changes nothing
     if args.quick:
         args.n_sigma, args.n_N, args.n_kappa = 10, 10, 10
         args.loop_sample = min(args.loop_sample, 8)
@@ -98,13 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     # Python loop of single solves (lsa.gradient_flow) on a random sample, extrapolated.
     rng = np.random.default_rng(0)
     sample = rng.choice(n, size=min(args.loop_sample, n), replace=False)
-    built = scans._build([settings[i] for i in sample])
-    inits = [lsa.Init(u=u, U=U) for u, U in zip(built["u0"], built["U0"], strict=True)]
-    method, options = EigenMethod(rtol=args.rtol), FlowOptions(eps=args.eps)
+    # the same lsa.Setting as the scan's row: the same Lambda, start, method and options
+    chosen = [setting_of(settings[i]) for i in sample]
+    problems = [s.build() for s in chosen]
 
     def single(j: int) -> np.ndarray:
-        L, N = built["Lambda"][j], settings[sample[j]]["N"]
-        return lsa.gradient_flow(L, N, inits[j], method=method, options=options).product
+        method, options = chosen[j].method_and_options()
+        p = problems[j]
+        return lsa.gradient_flow(
+            p.Lambda, chosen[j].N, p.init, method=method, options=options
+        ).product
 
     # compile first: gradient_flow compiles once per d and table size (the extremes of kappa)
     kap = [settings[i]["kappa"] for i in sample]
@@ -117,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         prod = single(j)
         times.append(time.perf_counter() - t0)
-        L, N = built["Lambda"][j], settings[i]["N"]
-        dists.append(rel_dist(L, N, prod))
+        dists.append(rel_dist(problems[j].Lambda, chosen[j].N, prod))
         agree.append(abs(dists[-1] - float(df.loc[df.setting_id == i, "dist_Ginv"].iloc[0])))
     per = statistics.mean(times)
     t_loop = per * n

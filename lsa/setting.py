@@ -41,16 +41,21 @@ import hashlib
 import json
 import math
 import tomllib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
+import annotated_types
 import jax
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
+from ._validate import warn_sigma
+from .precision import require_x64
 from .prompts import Init, paper_init, random_orthogonal, random_theta
 
-__all__ = ["RENAMED", "Problem", "Setting", "SettingError", "SettingKeys"]
+__all__ = ["RENAMED", "Problem", "Setting", "SettingError", "SettingKeys", "field_rule"]
 
 #: Names that were used before the one setting model, with the name that replaced them.
 RENAMED: dict[str, str] = {"spread": "kappa", "sigma_frac": "sigma_fraction"}
@@ -249,15 +254,27 @@ class Setting(BaseModel):
         return self.build().init
 
     def build(self) -> Problem:
-        """Lambda, the start of Assumption 3.3 (through `lsa.paper_init`), sigma and the keys."""
+        """Lambda, the start of Assumption 3.3 (through `lsa.paper_init`), sigma and the keys.
+
+        `init` equals `lsa.paper_init(Lambda, N, sigma=sigma, Theta=Theta)` bit for bit: the
+        normalised direction `Theta Theta^T / ||Theta Theta^T||_F` is computed once per
+        `(seed, d)` by `paper_init` itself and then scaled by sigma (one exact multiplication),
+        so that a scan of 10^4 settings does not pay 10^4 dispatches of `paper_init`. Its leaves
+        are numpy float64 arrays.
+        """
         Lambda = self.Lambda()
         sigma = self.sigma_value()
-        init = paper_init(Lambda, self.N, sigma=sigma, Theta=self.Theta())
+        sigma_max = self.sigma_max()
+        warn_sigma(sigma, sigma_max)  # as paper_init: allowed, but not covered by Theorem 4.1
+        # numpy float64 leaves (the solvers take any array): no device dispatch per setting
+        u0: Any = np.asarray(sigma, np.float64)
+        U0: Any = sigma * _direction(self.seed, self.d)
+        init = Init(u=u0, U=U0)
         return Problem(
             Lambda=Lambda,
             init=init,
             sigma=sigma,
-            sigma_max=self.sigma_max(),
+            sigma_max=sigma_max,
             eigenvalues=self.spectrum_values(),
             keys=self.keys(),
         )
@@ -291,18 +308,85 @@ def _keys(seed: int) -> SettingKeys:
     return SettingKeys(Lambda=k_Lambda, Theta=k_Theta, mc=k_mc)
 
 
+# The draws run on the CPU whatever the default device, so that Lambda and Theta are the same
+# bits on every machine and inside any `jax.default_device(...)` block (a GPU's QR or matmul
+# may round differently), and they need float64 (a float32 draw is a different Lambda).
+
+
+def _host() -> Any:
+    return jax.default_device(jax.devices("cpu")[0])
+
+
 @functools.lru_cache(maxsize=256)
 def _rotation(seed: int, d: int) -> np.ndarray:
-    Q = np.asarray(random_orthogonal(_keys(seed).Lambda, d), dtype=np.float64)
+    require_x64("lsa.Setting (drawing Lambda's rotation)")
+    with _host():
+        Q = np.asarray(random_orthogonal(_keys(seed).Lambda, d), dtype=np.float64)
     Q.setflags(write=False)
     return Q
 
 
 @functools.lru_cache(maxsize=256)
 def _theta(seed: int, d: int) -> np.ndarray:
-    Th = np.asarray(random_theta(_keys(seed).Theta, d), dtype=np.float64)
+    require_x64("lsa.Setting (drawing Theta)")
+    with _host():
+        Th = np.asarray(random_theta(_keys(seed).Theta, d), dtype=np.float64)
     Th.setflags(write=False)
     return Th
+
+
+@functools.lru_cache(maxsize=256)
+def _direction(seed: int, d: int) -> np.ndarray:
+    """`Theta Theta^T / ||Theta Theta^T||_F` exactly as `lsa.paper_init` computes it: its `U`
+    at sigma = 1 (`1.0 * x` is exact). The covariance passed is only validated, and is small
+    so that sigma = 1 stays below sigma_max (no warning)."""
+    with _host():
+        init = paper_init(1e-12 * np.eye(d), 1, sigma=1.0, Theta=_theta(seed, d))
+        TT = np.asarray(init.U, dtype=np.float64)
+    TT.setflags(write=False)
+    return TT
+
+
+def field_rule(field: FieldInfo) -> str:
+    """The allowed values of a model field in words, e.g. `an integer >= 1`,
+    `a number in (0, 1), or unset`, `one of 'eigen', 'direct'` (used in error messages and
+    in `lsa scan --list`)."""
+    ann = field.annotation
+    optional = False
+    args = typing.get_args(ann)
+    if type(None) in args:
+        optional = True
+        rest = [a for a in args if a is not type(None)]
+        ann = rest[0] if len(rest) == 1 else ann
+    origin = typing.get_origin(ann)
+    if origin is Literal:
+        text = "one of " + ", ".join(repr(a) for a in typing.get_args(ann))
+    elif ann is bool:
+        text = "true or false"
+    elif origin is tuple:
+        text = "a list of numbers > 0"
+    else:
+        kinds: dict[Any, str] = {int: "an integer", float: "a number", str: "a string"}
+        kind = kinds.get(ann, str(ann))
+        lo = hi = None
+        for m in field.metadata:
+            if isinstance(m, annotated_types.Ge):
+                lo = f"[{m.ge:g}"
+            elif isinstance(m, annotated_types.Gt):
+                lo = f"({m.gt:g}"
+            elif isinstance(m, annotated_types.Le):
+                hi = f"{m.le:g}]"
+            elif isinstance(m, annotated_types.Lt):
+                hi = f"{m.lt:g})"
+        if lo and hi:
+            text = f"{kind} in {lo}, {hi}"
+        elif lo:
+            text = f"{kind} {'>=' if lo[0] == '[' else '>'} {lo[1:]}"
+        elif hi:
+            text = f"{kind} {'<=' if hi[-1] == ']' else '<'} {hi[:-1]}"
+        else:
+            text = kind
+    return f"{text}, or unset" if optional else text
 
 
 def _explain(exc: ValidationError) -> str:
@@ -315,7 +399,7 @@ def _explain(exc: ValidationError) -> str:
             continue
         loc = ".".join(str(p) for p in err["loc"])
         field = Setting.model_fields.get(str(err["loc"][0]))
-        what = f" ({field.description})" if field is not None and field.description else ""
+        what = f" ({field.description}: {field_rule(field)})" if field is not None else ""
         given = f"; got {err['input']!r}" if "input" in err and err["type"] != "missing" else ""
         lines.append(f"`{loc}`{what}: {msg}{given}")
     return "invalid setting: " + "; ".join(lines)

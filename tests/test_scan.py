@@ -30,9 +30,10 @@ import lsa
 import theory
 from lsa.batch import batch_gradient_flow, select_device
 from lsa.flow import FlowOptions, gradient_flow
+from simulations import scans
 from simulations.cli import main
-from simulations.scans import engine as scans
-from simulations.scans.engine import ScanConfig, ScanError, _first_crossing
+from simulations.scans import Measure, ScanConfig, ScanError, solve
+from simulations.scans.measures import first_crossing
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,9 +81,19 @@ def test_grid_expansion_product_zip_and_defaults():
     assert len(s) == 3 * 5 * 2
     assert [x["setting_id"] for x in s] == list(range(30))
     assert {(x["M"], x["c"]) for x in s} == {(5, 1.0), (50, 2.0)}  # zipped, not crossed
-    assert all(x["d"] == 4 and x["seed"] == 0 and x["sigma_fraction"] == 0.5 for x in s)
+    assert all(x["d"] == 4 and x["seed"] == 0 for x in s)
+    # unset values stay unset in the rows; lsa.Setting resolves them (sigma_fraction 0.5)
+    assert all(x["sigma_fraction"] is None and x["sigma"] is None for x in s)
     plain = ScanConfig.build(name="g", measures=["min_loss"], grid={"N": [3, 7]})
     assert [x["M"] for x in plain.settings()] == [3, 7]  # M defaults to N
+    # every other default is lsa.Setting's (or Measurement's): one table of defaults
+    for x in plain.settings():
+        for k, p in scans.PARAMETERS.items():
+            if k not in ("N", "M"):
+                assert x[k] == p.default, k
+    assert scans.PARAMETERS["kappa"].default == lsa.Setting().kappa == 10.0
+    assert scans.PARAMETERS["d"].default == lsa.Setting().d == 5
+    assert scans.PARAMETERS["rtol"].default is None  # the solver's default
 
 
 def test_hash_is_canonical_and_pinned():
@@ -91,8 +102,8 @@ def test_hash_is_canonical_and_pinned():
     c = ScanConfig.build(name="h", measures=["min_loss"], grid={"N": [5, 11], "kappa": [1, 2]})
     assert a.hash == b.hash != c.hash
     assert a.run_name == f"h-{a.hash}" and len(a.hash) == 12
-    # pinned: a change here silently orphans every existing run directory
-    assert a.hash == "d3c4023b255d"
+    # pinned: a change here orphans every existing run directory (deliberate only)
+    assert a.hash == "6aa7de4f14bc"  # schema 2 (lsa.Setting); schema 1 was d3c4023b255d
 
 
 def test_toml_round_trip(tmp_path):
@@ -134,15 +145,24 @@ def test_every_example_is_valid():
 
 
 BAD = [
-    ({"grid": {"sigma_frac": [0.1]}}, r"unknown parameter.*'sigma_frac'.*valid parameters"),
+    ({"grid": {"sigma_fracc": [0.1]}}, r"unknown parameter.*'sigma_fracc'.*valid parameters"),
+    ({"grid": {"spread": [2.0]}}, r"`spread`.*renamed to `kappa`"),
+    ({"params": {"sigma_frac": 0.1}}, r"renamed to `sigma_fraction`"),
+    ({"params": {"eigenvalues": [1.0, 2.0]}}, r"`eigenvalues`.*not a scan parameter"),
+    ({"params": {"t_end": 1.0}}, r"`t_end`.*not a scan parameter"),
     ({"grid": {"N": []}}, "empty"),
     ({"grid": {}, "zips": [{}]}, "empty"),
     ({"zips": {"kappa": [1, 2], "M": [1]}}, "equal lengths"),
     ({"params": {"sigma": 0.1}, "grid": {"sigma_fraction": [0.1]}}, "conflicting options"),
     ({"params": {"spectrum": "isotropic"}, "grid": {"kappa": [2.0]}}, "conflicting options"),
+    ({"params": {"spectrum": "isotropic"}}, r"conflicting options.*isotropic.*kappa = 1"),
     ({"params": {"N": 3}, "grid": {"N": [4]}}, "given twice"),
-    ({"grid": {"kappa": [0.5]}}, "out of range"),
-    ({"grid": {"N": [2.5]}}, "must be int"),
+    ({"grid": {"kappa": [0.5]}}, r"parameter `kappa` \(condition number: a number >= 1\)"),
+    ({"grid": {"N": [2.5]}}, r"parameter `N` \(.*: an integer >= 1\).*got 2.5"),
+    ({"params": {"d": "5"}}, r"parameter `d` \(.*: an integer >= 1\).*got '5'"),
+    ({"params": {"rotate": 1}}, r"parameter `rotate` \(.*: true or false\)"),
+    ({"params": {"c": 0.0}}, r"parameter `c` \(.*: a number > 0\)"),
+    ({"params": {"rtol": 2.0}}, r"parameter `rtol` \(.*: a number in \(0, 1\), or unset\)"),
     ({"measures": ["final_los"]}, r"unknown measure.*final_loss"),
     ({"chunk_size": 0}, "chunk_size"),
 ]
@@ -150,7 +170,7 @@ BAD = [
 
 @pytest.mark.parametrize(("kw", "match"), BAD)
 def test_bad_config_raises_before_running(kw, match, tmp_path, monkeypatch):
-    monkeypatch.setattr(scans, "run_chunk", _must_not_run)
+    monkeypatch.setattr(solve, "run_chunk", _must_not_run)
     args = {"name": "bad", "measures": ["final_loss"], "grid": {"N": [5]}}
     args.update(kw)
     with pytest.raises(ScanError, match=match):
@@ -164,7 +184,7 @@ def _must_not_run(*a, **k):
 
 
 def test_bad_toml_and_options(tmp_path, monkeypatch):
-    monkeypatch.setattr(scans, "run_chunk", _must_not_run)
+    monkeypatch.setattr(solve, "run_chunk", _must_not_run)
     p = tmp_path / "c.toml"
     p.write_text('[scan]\nname = "t"\nmeasures = ["min_loss"]\n[grids]\nN = [5]\n')
     with pytest.raises(ScanError, match=r"unknown section.*'grids'"):
@@ -183,7 +203,7 @@ def test_bad_toml_and_options(tmp_path, monkeypatch):
 
 
 def test_output_folder_that_cannot_be_created(tmp_path, monkeypatch):
-    monkeypatch.setattr(scans, "run_chunk", _must_not_run)
+    monkeypatch.setattr(solve, "run_chunk", _must_not_run)
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     with pytest.raises(ScanError, match="not writable"):
@@ -192,7 +212,7 @@ def test_output_folder_that_cannot_be_created(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_unwritable_output_folder(tmp_path, monkeypatch):
-    monkeypatch.setattr(scans, "run_chunk", _must_not_run)
+    monkeypatch.setattr(solve, "run_chunk", _must_not_run)
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
@@ -246,11 +266,11 @@ def test_batch_matches_gradient_flow():
         # error of the coarse save grids (60 points; about 1%)
         ml, Gi = theory.min_loss(L, n), np.linalg.inv(theory.gamma(L, n))
         for f_a, f_b in [(m, ref)]:
-            te = [_first_crossing(f.ts, f.loss - ml, 0.5 * (f.loss[0] - ml), log=False)
+            te = [first_crossing(f.ts, f.loss - ml, 0.5 * (f.loss[0] - ml), log=False)
                   for f in (f_a, f_b)]  # fmt: skip
             dist = [np.array([np.linalg.norm(f.u[i] * f.U_at(i) - Gi) for i in range(len(f.ts))])
                     for f in (f_a, f_b)]  # fmt: skip
-            tc = [_first_crossing(f.ts, dd, 1e-6 * np.linalg.norm(Gi), log=True)
+            tc = [first_crossing(f.ts, dd, 1e-6 * np.linalg.norm(Gi), log=True)
                   for f, dd in zip((f_a, f_b), dist, strict=True)]  # fmt: skip
             assert te[0] == pytest.approx(te[1], rel=0.03)
             assert tc[0] == pytest.approx(tc[1], rel=0.03)
@@ -299,7 +319,7 @@ def test_run_directory_and_instant_rerun(tmp_path, reference, monkeypatch):
     _same_table(res.table, reference)
     _same_table(pd.read_csv(root / "results.csv", keep_default_na=False,
                             dtype={"error": str}).fillna(""), reference)  # fmt: skip
-    monkeypatch.setattr(scans, "run_chunk", _must_not_run)
+    monkeypatch.setattr(solve, "run_chunk", _must_not_run)
     t0 = time.perf_counter()
     again = scans.run_scan(_cfg(), tmp_path)
     assert again.cached and time.perf_counter() - t0 < 1.0
@@ -307,13 +327,16 @@ def test_run_directory_and_instant_rerun(tmp_path, reference, monkeypatch):
 
 
 _KILL_SCRIPT = """
-import sys, time
-from simulations.scans import engine as scans
+import json, sys, time
+import lsa
+from simulations.scans import Measure, ScanConfig, run_scan
+lsa.set_precision("float64")
 def slow(ctx):
     time.sleep(0.25)
     return 0.0
-scans.register_measure("slow", slow, needs_flow=False)
-scans.run_scan(scans.ScanConfig.build(**__import__("json").loads(sys.argv[1])), sys.argv[2])
+spec = json.loads(sys.argv[1])
+run_scan(ScanConfig.build(**spec, extra_measures=[Measure("slow", slow, needs_flow=False)]),
+         sys.argv[2])
 """
 
 
@@ -325,9 +348,10 @@ def test_resume_after_sigkill(tmp_path, reference):
         [sys.executable, "-c", _KILL_SCRIPT, json.dumps(spec), str(tmp_path)], cwd=ROOT,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )  # fmt: skip
-    scans.register_measure("slow", lambda ctx: 0.0, needs_flow=False)
-    try:
-        cfg = ScanConfig.build(**spec)
+    try:  # the same scan (a measure's name, not its function, is part of the hash)
+        cfg = ScanConfig.build(
+            **spec, extra_measures=[Measure("slow", lambda ctx: 0.0, needs_flow=False)]
+        )
         chunks = tmp_path / cfg.run_name / "chunks"
         deadline = time.monotonic() + 120
         while not list(chunks.glob("chunk-*.parquet")):
@@ -344,9 +368,26 @@ def test_resume_after_sigkill(tmp_path, reference):
         assert len(list(chunks.glob("chunk-*.parquet"))) == 2
         assert scans.run_scan(cfg, tmp_path).cached
     finally:
-        scans.MEASURES.pop("slow", None)
         if proc.poll() is None:
             proc.kill()
+
+
+def test_measures_are_read_only_and_extra_measures_explicit():
+    """No global registry: the built-ins cannot be changed, a scan names its own measures."""
+    with pytest.raises(TypeError):
+        scans.MEASURES["x"] = scans.MEASURES["min_loss"]  # type: ignore[index]
+    twice = Measure("twice", lambda ctx: 2 * ctx.min_loss, needs_flow=False)
+    with pytest.raises(ScanError, match=r"unknown measure.*'twice'"):
+        ScanConfig.build(measures=["twice"], grid={"N": [3]})  # nothing was registered
+    with pytest.raises(ScanError, match="already taken"):
+        ScanConfig.build(measures=["min_loss"], extra_measures=[Measure("min_loss", len)])
+    with pytest.raises(ScanError, match="clashes with a parameter"):
+        Measure("kappa", len)
+    cfg = ScanConfig.build(measures=["min_loss", "twice"], params={"d": 3}, grid={"N": [3, 5]},
+                           extra_measures=[twice])  # fmt: skip
+    df = scans.run_scan(cfg).table
+    np.testing.assert_array_equal(df["twice"], 2 * df["min_loss"])
+    assert "twice" not in scans.MEASURES
 
 
 def test_dask_two_workers_match_in_process(reference):
@@ -396,4 +437,5 @@ def test_cli_scan_and_plot(tmp_path, capsys):
     assert main(["scan", str(bad), "--out", str(out)]) == 2
     assert "unknown parameter" in capsys.readouterr().err
     assert main(["scan", "--list"]) == 0
-    assert "sigma_scan" in capsys.readouterr().out
+    listing = capsys.readouterr().out
+    assert "sigma_scan" in listing and "an integer >= 1" in listing and "conv_tol" in listing

@@ -65,12 +65,12 @@ def add_parser(sub: Any) -> None:
 
 
 def _list() -> int:
-    from ..scans.engine import MEASURES, PARAMETERS, examples
+    from ..scans import MEASURES, PARAMETERS, examples
 
-    print("parameters (default):")
+    print("parameters (lsa.Setting, then the scan-only Measurement; default, allowed values):")
     for k, spec in PARAMETERS.items():
-        default = "derived" if spec.default is None else repr(spec.default)
-        print(f"  {k:<15} {spec.kind.__name__:<6} {default:<12} {spec.doc}")
+        default = "unset" if spec.default is None else repr(spec.default)
+        print(f"  {k:<15} {spec.kind:<6} {default:<12} {spec.doc}; {spec.rule}")
     print("measures:")
     for k, m in MEASURES.items():
         doc = " ".join(m.doc.split())
@@ -82,7 +82,7 @@ def _list() -> int:
 
 
 def run_scan_cli(args: argparse.Namespace) -> int:
-    from ..scans.engine import ScanError, example_path, load_config, run_scan
+    from ..scans import ScanError, example_path, load_config, run_scan
 
     if args.list:
         return _list()

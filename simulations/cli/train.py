@@ -1,12 +1,17 @@
 """`lsa train`: train one setting by gradient flow and write a result directory.
 
-The setting comes from options or a TOML file (options override the file). The result
-directory (default `runs/train-<hash>`, named by a hash of the configuration) holds:
+The setting is an `lsa.Setting`: options (one per field, e.g. `--d 6 --N 15 --kappa 7 --seed 3`)
+or a TOML file (`--config`, keys at the top level or under `[setting]` / `[train]`); options
+override the file. Lambda, Theta and sigma come from `Setting.build()`, so the same values give
+the same problem as a scan row or the Python API, bit for bit. The result directory (default
+`runs/train-<hash>`, named by `Setting.digest()`) holds:
 
-- `config.json`: the full configuration, including the seed;
+- `config.json`: every value of the setting (`Setting.model_dump`), the derived sigma,
+  sigma_max and eigenvalues, and provenance;
 - `trajectory.csv` and `trajectory.npz`: t, u, loss, ||U||_F^2, u^2 - ||U||_F^2 on the saved
   (log-spaced) times;
-- `weights.npz`: final `W_PV`, `W_KQ`, `Lambda` and the initial `W_PV0`, `W_KQ0`;
+- `weights.npz`: final `W_PV`, `W_KQ`, `u_final`, `U_final`; `Lambda`, `Theta`, the start
+  `u0`, `U0` and the initial `W_PV0`, `W_KQ0`;
 - `summary.json`: stop reason, solver statistics, final loss, provenance (package versions,
   device, git revision).
 
@@ -17,94 +22,53 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import sys
-import tomllib
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 import pandas as pd
 
-import lsa
-from lsa.flow import METHODS, FlowOptions, gradient_flow
+from lsa.setting import RENAMED, Setting, field_rule, load_toml
 
-from ..provenance import provenance, to_jsonable, write_json
+from ..provenance import provenance, write_json
 
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """One training run. Lambda is either `eigenvalues` (rotated by a Haar matrix from `seed`)
-    or a `kappa` spread (geometric, trace d); sigma is `sigma` or `sigma_fraction` x sigma_max.
-    """
-
-    d: int = 5
-    N: int = 20
-    kappa: float = 10.0
-    eigenvalues: tuple[float, ...] | None = None
-    rotate: bool = True
-    sigma: float | None = None
-    sigma_fraction: float | None = 0.5
-    seed: int = 0
-    method: str = "eigen"
-    rtol: float | None = None
-    eps: float = 1e-10
-    t_end: float | None = None
-    max_steps: int = 200_000
-    n_save: int = 400
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(
-                f"unknown solver `method={self.method!r}`; choose one of {sorted(METHODS)}."
-            )
-        if self.sigma is not None and self.sigma_fraction is not None:
-            raise ValueError("give only one of `sigma` and `sigma_fraction`.")
-        if self.sigma is None and self.sigma_fraction is None:
-            raise ValueError("give one of `sigma` or `sigma_fraction`.")
-        if self.eigenvalues is not None and len(self.eigenvalues) != self.d:
-            raise ValueError(
-                f"`eigenvalues` must have d = {self.d} entries; got {len(self.eigenvalues)}."
-            )
-
-    def Lambda(self) -> np.ndarray:
-        key = jax.random.PRNGKey(self.seed) if self.rotate else None
-        if self.eigenvalues is not None:
-            lam = np.asarray(self.eigenvalues, dtype=np.float64)
-            if key is None:
-                return np.diag(lam)
-            return np.asarray(lsa.rotated_covariance(lam, key))
-        return np.asarray(lsa.spread_covariance(self.d, self.kappa, key))
-
-    def digest(self) -> str:
-        blob = json.dumps(to_jsonable(dataclasses.asdict(self)), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+#: Setting fields whose option is not `--<name>`: `rotate` is switched off by `--no-rotate`.
+_NEGATED = {"rotate": "--no-rotate"}
 
 
-FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+def _option(name: str) -> str:
+    return _NEGATED.get(name, "--" + name.replace("_", "-"))
 
 
-def load_toml(path: Path) -> dict[str, Any]:
-    """Read a TOML configuration: keys at the top level or under `[train]`."""
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"malformed TOML in {path}: {exc}") from exc
-    if "train" in data:
-        extra = set(data) - {"train"}
-        if extra:
-            raise ValueError(f"unknown section(s) {sorted(extra)} in {path}; only [train].")
-        data = data["train"]
-    unknown = set(data) - FIELDS
-    if unknown:
-        raise ValueError(
-            f"unknown key(s) {sorted(unknown)} in {path}; valid keys: {sorted(FIELDS)}."
-        )
-    if "eigenvalues" in data:
-        data["eigenvalues"] = tuple(float(x) for x in data["eigenvalues"])
-    return data
+def _add_setting_options(p: argparse.ArgumentParser) -> None:
+    """One option per `lsa.Setting` field, typed and documented by the field itself."""
+    g = p.add_argument_group("setting (lsa.Setting; options override --config)")
+    sigma = g.add_mutually_exclusive_group()
+    for name, field in Setting.model_fields.items():
+        default = "" if field.default is None else f" (default {field.default})"
+        help_ = f"{field.description}: {field_rule(field)}{default}"
+        if name in _NEGATED:
+            g.add_argument(_option(name), dest=name, action="store_false", default=None,
+                           help=f"do not {field.description}")  # fmt: skip
+            continue
+        ann = field.annotation
+        if isinstance(ann, types.UnionType):
+            ann = next(a for a in typing.get_args(ann) if a is not type(None))
+        kw: dict[str, Any] = {"dest": name, "default": None, "help": help_}
+        if typing.get_origin(ann) is typing.Literal:
+            kw["choices"] = typing.get_args(ann)
+        elif typing.get_origin(ann) is tuple:
+            kw.update(type=float, nargs="+")
+        else:
+            kw["type"] = ann
+        (sigma if name in ("sigma", "sigma_fraction") else g).add_argument(_option(name), **kw)
+    for old in RENAMED:  # refused with the new name (see `setting_from_args`)
+        p.add_argument("--" + old.replace("_", "-"), dest=f"renamed_{old}", default=None,
+                       help=argparse.SUPPRESS)  # fmt: skip
 
 
 def add_parser(sub: Any) -> None:
@@ -113,91 +77,65 @@ def add_parser(sub: Any) -> None:
         help="train one setting and write a result directory",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # `--sigma-frac` must not silently mean `--sigma-fraction`
     )
-    p.add_argument("--config", type=Path, help="TOML file with the setting ([train] section)")
-    p.add_argument("--d", type=int)
-    p.add_argument("--N", type=int)
-    p.add_argument("--kappa", type=float, help="condition number of Lambda (geometric spectrum)")
-    p.add_argument("--eigenvalues", type=float, nargs="+", help="explicit spectrum of Lambda")
-    p.add_argument(
-        "--no-rotate",
-        dest="rotate",
-        action="store_false",
-        default=None,
-        help="keep Lambda diagonal (default: Haar-rotated, non-diagonal)",
-    )
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--sigma", type=float, help="initialisation scale")
-    g.add_argument("--sigma-fraction", type=float, help="sigma as a fraction of sigma_max")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--method", choices=sorted(METHODS))
-    p.add_argument("--rtol", type=float, help="solver relative tolerance")
-    p.add_argument("--eps", type=float, help="stopping rule: relative distance to the fixed point")
-    p.add_argument("--t-end", type=float, help="integrate to this time (default: until converged)")
-    p.add_argument("--max-steps", type=int)
+    p.add_argument("--config", type=Path, help="TOML file with the setting ([setting] or [train])")
+    _add_setting_options(p)
     p.add_argument("--out", type=Path, help="result directory (default runs/train-<hash>)")
     p.add_argument("--force", action="store_true", help="recompute even if the run is finished")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.set_defaults(func=run)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+def setting_from_args(args: argparse.Namespace) -> Setting:
+    """The `lsa.Setting` of the command line: the file's values, overridden by the options."""
+    for old, new in RENAMED.items():
+        if getattr(args, f"renamed_{old}", None) is not None:
+            raise ValueError(
+                f"option `--{old.replace('_', '-')}` was renamed to `{_option(new)}`; "
+                f"use `{_option(new)}`."
+            )
     values: dict[str, Any] = load_toml(args.config) if args.config else {}
-    for name in (
-        "d",
-        "N",
-        "kappa",
-        "rotate",
-        "sigma",
-        "seed",
-        "method",
-        "rtol",
-        "eps",
-        "t_end",
-        "max_steps",
-    ):
-        v = getattr(args, name, None)
-        if v is not None:
-            values[name] = v
-    if args.sigma_fraction is not None:
-        values["sigma_fraction"] = args.sigma_fraction
-        values.pop("sigma", None)
-    elif values.get("sigma") is not None:
-        values["sigma_fraction"] = None
-    if args.eigenvalues is not None:
-        values["eigenvalues"] = tuple(args.eigenvalues)
-        values.setdefault("d", len(args.eigenvalues))
-    return TrainConfig(**values)
+    given = {k: getattr(args, k) for k in Setting.model_fields if getattr(args, k) is not None}
+    for a, b in (("sigma", "sigma_fraction"), ("sigma_fraction", "sigma")):
+        if a in given:  # an option replaces the file's choice of sigma
+            values.pop(b, None)
+    if "eigenvalues" in given and "d" not in given and "d" not in values:
+        given["d"] = len(given["eigenvalues"])
+    values.update(given)
+    return Setting.from_dict(values)
 
 
-def train(cfg: TrainConfig, out: Path, progress: bool = False) -> dict[str, Any]:
-    """Run one configuration and write its result directory. Returns the summary."""
-    Lambda = cfg.Lambda()
-    init = lsa.paper_init(
-        Lambda,
-        cfg.N,
-        sigma=cfg.sigma,
-        sigma_fraction=cfg.sigma_fraction,
-        key=jax.random.PRNGKey(cfg.seed + 1),
-    )
-    method = METHODS[cfg.method]()
-    if cfg.rtol is not None:
-        method = dataclasses.replace(method, rtol=cfg.rtol)
-    opts = FlowOptions(
-        eps=cfg.eps, t_end=cfg.t_end, max_steps=cfg.max_steps, n_save=cfg.n_save, progress=progress
-    )
+def train(setting: Setting, out: Path, progress: bool = False) -> dict[str, Any]:
+    """Train one setting and write its result directory. Returns the summary."""
+    from lsa.flow import gradient_flow
+
+    problem = setting.build()
+    method, options = setting.method_and_options()
+    options = dataclasses.replace(options, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", {"config": dataclasses.asdict(cfg), "Lambda": Lambda})
-    res = gradient_flow(Lambda, cfg.N, init, method=method, options=opts)
-    traj = pd.DataFrame(res.as_dict())
-    traj.to_csv(out / "trajectory.csv", index=False)
+    derived = {
+        "sigma": problem.sigma,
+        "sigma_max": problem.sigma_max,
+        "eigenvalues": problem.eigenvalues.tolist(),
+        "digest": setting.digest(),
+    }
+    config = {**setting.model_dump(mode="json"), "derived": derived, "provenance": provenance()}
+    write_json(out / "config.json", config)
+    res = gradient_flow(problem.Lambda, setting.N, problem.init, method=method, options=options)
+    pd.DataFrame(res.as_dict()).to_csv(out / "trajectory.csv", index=False)
     np.savez(out / "trajectory.npz", **res.as_dict())
-    W_PV0, W_KQ0 = init.weights()
+    W_PV0, W_KQ0 = problem.init.weights()
     np.savez(
         out / "weights.npz",
         W_PV=res.W_PV,
         W_KQ=res.W_KQ,
-        Lambda=Lambda,
+        u_final=np.float64(res.u_final),
+        U_final=np.asarray(res.U_final),
+        Lambda=problem.Lambda,
+        Theta=setting.Theta(),
+        u0=np.asarray(problem.init.u),
+        U0=np.asarray(problem.init.U),
         W_PV0=np.asarray(W_PV0),
         W_KQ0=np.asarray(W_KQ0),
     )
@@ -214,14 +152,31 @@ def train(cfg: TrainConfig, out: Path, progress: bool = False) -> dict[str, Any]
     return summary
 
 
+def _finished(out: Path, setting: Setting) -> bool:
+    """Whether `out` holds a finished run of this setting (another setting is an error)."""
+    if not (out / "summary.json").exists():
+        return False
+    try:
+        saved = json.loads((out / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        saved = {}
+    mine = setting.model_dump(mode="json")
+    if {k: saved.get(k) for k in mine} != mine:
+        raise ValueError(
+            f"{out} holds a finished run of another setting; choose another --out, or --force "
+            "to overwrite it."
+        )
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    out = args.out or Path("runs") / f"train-{cfg.digest()}"
-    if (out / "summary.json").exists() and not args.force:
+    setting = setting_from_args(args)
+    out = args.out or Path("runs") / f"train-{setting.digest()}"
+    if not args.force and _finished(out, setting):
         print(f"lsa train: {out} is finished (use --force to recompute)")
         print((out / "summary.json").read_text()[:2000])
         return 0
-    summary = train(cfg, out, progress=args.progress)
+    summary = train(setting, out, progress=args.progress)
     print(
         f"lsa train: {summary['stop_reason']} at t = {summary['t_final']:.6g}, "
         f"final loss {summary['final_loss']:.12g}, {summary['stats']['num_steps']} steps "
@@ -231,4 +186,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(0)
+    from . import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))

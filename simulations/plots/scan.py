@@ -74,7 +74,7 @@ def default_plot(cfg: dict[str, Any] | None, df: pd.DataFrame) -> dict[str, Any]
 
 
 def _measure_columns(cfg: dict[str, Any], df: pd.DataFrame) -> list[str]:
-    from ..scans.engine import MEASURES
+    from ..scans.measures import MEASURES
 
     cols: list[str] = []
     for m in cfg.get("measures", []):
