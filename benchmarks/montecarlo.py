@@ -7,7 +7,7 @@ for a non-diagonal Lambda (condition number 10) and N = 40, no shift, 10^7 promp
   the embedding `E` of shape (B, d+1, M+1) and applies the literal map
   `E + W_PV E (E^T W_KQ E) / M` with batched matmuls, reads `[-1, -1]` and accumulates the
   squared error. It is timed on `--baseline-prompts` prompts and its rate extrapolated.
-- **lsa-flow**: `simulations.montecarlo.mc_risk` with `LSAPredictor`, jit-compiled per batch,
+- **lsa-flow**: `simulations.icl.montecarlo.mc_risk` with `LSAPredictor`, jit-compiled per batch,
   with each of its three samplers (all exact in law; they draw different random streams):
   - `prompts`: draws every prompt (`M d = 800` normals) and evaluates the last column of the
     map only (`lsa.predict_prompt`);
@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="2e5 / 2e4 prompts, a few seconds")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    lsa.set_precision("float64")  # an explicit choice: importing lsa changes nothing
     n_flow = int(2e5 if args.quick else args.prompts)
     n_np = int(2e4 if args.quick else args.baseline_prompts)
     B = min(args.batch_size, n_flow)

@@ -7,6 +7,7 @@ are exact to round-off.
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import numpy as np
 import pytest
@@ -33,6 +34,7 @@ from simulations.icl.distributions import (
     TestDistribution,
     garg_catalogue,
     named_shift,
+    rbg_key,
 )
 from simulations.icl.predictors import OLS, Averaging
 
@@ -232,6 +234,38 @@ def test_labels_noise_and_targets(mats):
             assert abs(zq) <= Z_MAX
         else:
             np.testing.assert_array_equal(eps_q, 0.0)
+
+
+@pytest.mark.parametrize("general", [False, True])
+def test_training_law_is_lsa_prompt_distribution(mats, general):
+    """`TestDistribution.from_prompt_distribution(pd)` is `pd` (an `lsa.PromptDistribution`)
+    as a `TestDistribution`: the same prompts for the same key (same key layout and factors),
+    eagerly and through the jitted `sample`; `to_prompt_distribution` goes back, and
+    `named_shift("none", Lambda)` is that law."""
+    L = mats["Lambda"]
+    kw = {"Sigma_w": mats["Sigma_w"], "noise_std": 0.7, "noisy_target": True} if general else {}
+    law = lsa.PromptDistribution(L, **kw)
+    dist = TestDistribution.from_prompt_distribution(law)
+    key = jax.random.PRNGKey(8)
+    a, b = law.sample(key, 64, 6), dist._sample(key, 64, 6)
+    for name in a._fields:
+        np.testing.assert_allclose(getattr(b, name), getattr(a, name), rtol=1e-13, atol=1e-13)
+    a = law.sample(rbg_key(key), 64, 6)
+    b = dist.sample(key, 64, 6)  # jitted, with rbg_key(key)
+    for name in a._fields:
+        np.testing.assert_allclose(getattr(b, name), getattr(a, name), rtol=1e-12, atol=1e-12)
+    back = dist.to_prompt_distribution()
+    np.testing.assert_array_equal(back.Lambda, law.Lambda)
+    assert (back.noise_std, back.noisy_target) == (law.noise_std, law.noisy_target)
+    if general:
+        np.testing.assert_array_equal(back.Sigma_w, law.Sigma_w)
+    else:
+        assert back.Sigma_w is None
+        assert eqx.tree_equal(named_shift("none", L), dist)
+    with pytest.raises(ValueError, match=r"lsa\.PromptDistribution"):
+        named_shift("query", L, Omega=mats["Omega"]).to_prompt_distribution()
+    with pytest.raises(TypeError, match=r"lsa\.PromptDistribution"):
+        TestDistribution.from_prompt_distribution(dist)  # type: ignore[arg-type]
 
 
 def test_named_shifts_second_moments(mats):

@@ -36,8 +36,6 @@ from simulations.icl.distributions import (
     OrthogonalQuery,
     OverlappingQuery,
     TestDistribution,
-    _gamma,
-    _orthonormal_rows,
     named_shift,
 )
 from simulations.icl.montecarlo import auto_sampler, mc_risk, stats_sampler_issue
@@ -53,6 +51,7 @@ from simulations.icl.predictors import (
     Ridge,
     linear_G,
 )
+from simulations.icl.wishart import gamma_mt, orthonormal_rows
 
 Z_MAX = 4.0
 D, N, M = 6, 8, 12
@@ -136,7 +135,7 @@ def test_subspace_directions_are_sufficient(rng, inst):
     for p in [rnd, inst["lsa"], Averaging(), GD(0.05)]:
         P = np.asarray(p._stats_directions(jnp.asarray(q)))
         C = np.concatenate([(w @ F)[:, None, :], P @ F], axis=1)
-        V = np.asarray(_orthonormal_rows(jnp.asarray(C)))
+        V = np.asarray(orthonormal_rows(jnp.asarray(C)))
         live = np.linalg.norm(V, axis=-1) > 0
         gram = np.einsum("bkd,bld->bkl", V, V)
         assert np.allclose(gram, np.eye(C.shape[1]) * live[:, :, None], atol=1e-13)
@@ -200,7 +199,7 @@ def test_gamma_sampler_is_exact():
     kx, ku, kg = jax.random.split(jax.random.PRNGKey(11), 3)
     x = jax.random.normal(kx, (n, alpha.size), jnp.float64)
     u = jax.random.uniform(ku, (n, alpha.size), jnp.float64)
-    g = np.asarray(jax.jit(lambda k, x, u: _gamma(k, alpha, x, u))(kg, x, u))
+    g = np.asarray(jax.jit(lambda k, x, u: gamma_mt(k, alpha, x, u))(kg, x, u))
     assert np.all(np.isfinite(g)) and np.all(g > 0)
     for j, a in enumerate(alpha):
         assert sps.kstest(g[:, j], sps.gamma(a).cdf).pvalue > 1e-3, a

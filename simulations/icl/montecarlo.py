@@ -6,8 +6,16 @@
 - `mc_ilwd(pred1, pred2, ...)`: implicit linear weight difference by probe fitting
   [AKY eqs. 16–17].
 
-Each returns `MCEstimate(mean, se, n)` with `se` = sample standard deviation / `sqrt(n)`, so that
-`estimate.z(closed_form) = (mean - closed_form) / se` is the z-score of theory.md §14.
+- `mc_mean(values, key, n, *args)` / `mc_means(...)`: the mean of **any** per-prompt quantity
+  (`values(key, B, *args) -> (B,)` or `(B, K)`), for the checks that draw their own prompts
+  (Theorem 4.2's nonlinear labels, Garg's prefix errors, the core checks);
+- `two_sample_z(a, b)`: the z-score of the difference of two independent estimates.
+
+**One estimator.** Every function here returns `MCEstimate(mean, se, n)`: the sample mean and
+`se` = sample standard deviation (ddof 1) / `sqrt(n)`, from the same float64 accumulator, so
+`estimate.z(closed_form) = (mean - closed_form) / se` is the z-score of theory.md §14. Nothing
+else in lsa-flow computes a Monte Carlo mean or standard error. Every entry point needs float64
+(`lsa.set_precision("float64")`) and raises otherwise.
 
 **Batching and seeds.** Prompts are drawn in batches of `batch_size` (memory is bounded by one
 batch); batch `b` is drawn from `jax.random.fold_in(key, b)`, and the last batch is drawn at full
@@ -52,13 +60,25 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 from tqdm.auto import tqdm
 
-import lsa  # noqa: F401  (switches JAX to float64)
+import lsa
 from lsa._validate import check_length
 
-from .distributions import TestDistribution, rbg_key, rbg_threefry_key
 from .predictors import Predictor, _min_norm_solve
+from .prng import rbg_key, rbg_threefry_key
+from .prompt_law import TestDistribution
 
-__all__ = ["MCEstimate", "auto_sampler", "mc_ilwd", "mc_risk", "mc_spd", "stats_sampler_issue"]
+__all__ = [
+    "MCEstimate",
+    "auto_sampler",
+    "mc_ilwd",
+    "mc_mean",
+    "mc_means",
+    "mc_risk",
+    "mc_spd",
+    "one_at_a_time",
+    "stats_sampler_issue",
+    "two_sample_z",
+]
 
 _F64 = jnp.float64
 _TARGETS = ("y_q", "clean")
@@ -94,14 +114,17 @@ class MCEstimate:
 class _Accumulator:
     """Parallel combination of (count, mean, centred sum of squares) in float64."""
 
-    def __init__(self, k: int):
+    def __init__(self, k: int | None = None):
         self.n = 0
-        self.mean = np.zeros(k)
-        self.m2 = np.zeros(k)
+        self.mean = np.zeros(k or 0)
+        self.m2 = np.zeros(k or 0)
 
     def add(self, n_b: int, mean_b: np.ndarray, m2_b: np.ndarray) -> None:
         if n_b == 0:
             return
+        if self.n == 0:  # the number of quantities comes with the first batch
+            self.mean = np.zeros(np.shape(mean_b))
+            self.m2 = np.zeros(np.shape(mean_b))
         n_new = self.n + n_b
         delta = mean_b - self.mean
         self.mean = self.mean + delta * (n_b / n_new)
@@ -132,14 +155,17 @@ def _batch_key(key: PRNGKeyArray, b: Array) -> PRNGKeyArray:
 
 def _run(
     batch_fn: Callable[[PRNGKeyArray, Array], tuple[Array, Array]],
-    k: int,
     n: int,
     B: int,
     key: PRNGKeyArray,
     progress: bool,
     desc: str,
 ) -> list[MCEstimate]:
-    acc = _Accumulator(k)
+    """The one Monte Carlo loop: batch `b` gets the key `_batch_key(key, b)` and the number of
+    valid prompts `n_valid` (the last batch is drawn at full size and masked); `batch_fn`
+    returns the per-quantity mean and centred sum of squares of its valid prompts, which are
+    combined in float64 (`_Accumulator`)."""
+    acc = _Accumulator()
     n_batches = -(-n // B)
     pending: tuple[int, tuple[Array, Array]] | None = None
     for b in tqdm(range(n_batches), disable=not progress, desc=desc, unit="batch"):
@@ -153,16 +179,21 @@ def _run(
     return acc.estimates()
 
 
-def _check_common(
-    dist: TestDistribution, M: int, n_prompts: int, batch_size: int
-) -> tuple[int, int, int]:
-    if not isinstance(dist, TestDistribution):
-        raise TypeError(f"`dist` must be a TestDistribution; got {type(dist).__name__}.")
-    M = dist.validate(M)
+def _check_size(n_prompts: int, batch_size: int) -> tuple[int, int]:
     n = check_length(n_prompts, "n_prompts")
     if n < 2:
         raise ValueError(f"`n_prompts` must be >= 2 for a standard error; got {n}.")
-    B = min(check_length(batch_size, "batch_size"), n)
+    return n, min(check_length(batch_size, "batch_size"), n)
+
+
+def _check_common(
+    dist: TestDistribution, M: int, n_prompts: int, batch_size: int
+) -> tuple[int, int, int]:
+    lsa.require_x64("Monte Carlo estimation (simulations.icl.montecarlo)")
+    if not isinstance(dist, TestDistribution):
+        raise TypeError(f"`dist` must be a TestDistribution; got {type(dist).__name__}.")
+    M = dist.validate(M)
+    n, B = _check_size(n_prompts, batch_size)
     return M, n, B
 
 
@@ -359,7 +390,7 @@ def mc_risk(
             return _risk_batch(tup, dist, k, n_valid, B, M, target)
         return _risk_stats_batch(tup, dist, k, n_valid, B, M, target, noisy, subspace)
 
-    est = _run(batch_fn, len(tup), n, B, key, progress, "mc_risk")
+    est = _run(batch_fn, n, B, key, progress, "mc_risk")
     return dict(zip(names, est, strict=True))
 
 
@@ -408,7 +439,7 @@ def mc_spd(
     def batch_fn(k: PRNGKeyArray, n_valid: Array) -> tuple[Array, Array]:
         return _spd_batch(p1, p2, dist, k, n_valid, B, M)
 
-    return _run(batch_fn, 1, n, B, key, progress, "mc_spd")[0]
+    return _run(batch_fn, n, B, key, progress, "mc_spd")[0]
 
 
 @eqx.filter_jit
@@ -473,4 +504,104 @@ def mc_ilwd(
     def batch_fn(k: PRNGKeyArray, n_valid: Array) -> tuple[Array, Array]:
         return _ilwd_batch(p1, p2, dist, k, n_valid, B, M, P)
 
-    return _run(batch_fn, 1, n, B, key, progress, "mc_ilwd")[0]
+    return _run(batch_fn, n, B, key, progress, "mc_ilwd")[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# any per-prompt quantity
+
+
+@eqx.filter_jit
+def _values_batch(
+    values: Callable[..., Array], key: PRNGKeyArray, n_valid: Array, B: int, args: tuple
+) -> tuple[Array, Array]:
+    return _values_moments(values(key, B, *args), n_valid, B)
+
+
+@eqx.filter_jit
+def _values_moments(v: Array, n_valid: Array, B: int) -> tuple[Array, Array]:
+    v = jnp.asarray(v, _F64)
+    if v.ndim not in (1, 2) or v.shape[0] != B:
+        raise ValueError(
+            f"`values` must return an array of shape (B,) or (B, K) with B = {B} prompts; got "
+            f"shape {v.shape}."
+        )
+    return _masked_moments(v.reshape(B, -1).T, n_valid)
+
+
+def mc_means(
+    values: Callable[..., Array],
+    key: PRNGKeyArray,
+    n: int,
+    *args: Any,
+    batch_size: int = 50_000,
+    jit: bool = True,
+    progress: bool = False,
+) -> list[MCEstimate]:
+    """Monte Carlo means, with standard errors, of `K` per-prompt quantities on the same prompts.
+
+    The generic entry point of the engine, for a check that draws its own prompts (a law that
+    `TestDistribution` does not describe, such as Theorem 4.2's quadratic labels) or needs a
+    quantity other than a squared error. The prompts are drawn in batches, seeded, with bounded
+    memory, and combined by the same float64 accumulator as `mc_risk` (module docstring).
+
+    **Arguments:**
+
+    - `values`: `values(key, B, *args) -> (B, K)` array (float64): the `K` quantities on each
+      of `B` independent prompts drawn from `key` (a JAX key of the `rbg` implementation; every
+      `jax.random` function accepts it). `B` is a static Python int.
+    - `key`: the root key; batch `b` receives `rbg_key(fold_in(key, b))`.
+    - `n`: the number of prompts, `>= 2`.
+    - `*args`: passed to `values`. With `jit=True` (default) the batch is compiled once per
+      `values`, `B`, array shapes and non-array `args` (which must be hashable): pass arrays
+      (trained weights, covariances) as `args`, not captured in a closure, and define `values`
+      at module level, so that the compiled kernel is reused across calls.
+    - `batch_size`: prompts per batch (the last batch is drawn at full size and masked, so every
+      batch compiles once). As for `mc_risk`, a different batch size draws different prompts.
+    - `jit`: `False` calls `values` eagerly (for a `values` that draws through many different
+      distributions, whose per-shape operations are then compiled once and shared).
+    - `progress`: show a tqdm progress bar over batches.
+
+    **Returns:** a list of `K` `MCEstimate`s, in the order of the columns.
+
+    Example (the mean of `x^2`, `x ~ N(0, 2)`): ::
+
+        def sq(key, B, scale):
+            return (scale * jax.random.normal(key, (B, 1))) ** 2
+        (est,) = mc_means(sq, jax.random.PRNGKey(0), 100_000, jnp.sqrt(2.0))
+    """
+    lsa.require_x64("Monte Carlo estimation (simulations.icl.montecarlo.mc_means)")
+    if not callable(values):
+        raise TypeError(f"`values` must be a callable (key, B, *args) -> array; got {values!r}.")
+    n, B = _check_size(n, batch_size)
+
+    def batch_fn(k: PRNGKeyArray, n_valid: Array) -> tuple[Array, Array]:
+        if jit:
+            return _values_batch(values, k, n_valid, B, args)
+        return _values_moments(values(k, B, *args), n_valid, B)
+
+    return _run(batch_fn, n, B, key, progress, getattr(values, "__name__", "mc_means"))
+
+
+def mc_mean(
+    values: Callable[..., Array],
+    key: PRNGKeyArray,
+    n: int,
+    *args: Any,
+    batch_size: int = 50_000,
+    jit: bool = True,
+    progress: bool = False,
+) -> MCEstimate:
+    """Monte Carlo mean, with its standard error, of one per-prompt quantity:
+    `values(key, B, *args) -> (B,)`. Everything else as `mc_means`."""
+    est = mc_means(values, key, n, *args, batch_size=batch_size, jit=jit, progress=progress)
+    if len(est) != 1:
+        raise ValueError(f"`values` returned {len(est)} quantities per prompt; use mc_means.")
+    return est[0]
+
+
+def two_sample_z(a: MCEstimate, b: MCEstimate) -> float:
+    """The z-score `(a.mean - b.mean) / sqrt(a.se^2 + b.se^2)` of the difference of two
+    **independent** estimates (drawn from different keys). For two quantities on the same
+    prompts, estimate their difference itself with `mc_mean` (paired, smaller SE) instead."""
+    return (a.mean - b.mean) / math.hypot(a.se, b.se)

@@ -12,7 +12,8 @@ and predicts 0).
 
 Hyper-parameters (step sizes, ridge parameters, weights) are stored as float64 arrays, so a scan
 over them re-uses one compilation; structural ones (`k`, `steps`, `weighting`) are static.
-Everything is float64 (importing `lsa` switches JAX to float64).
+Arrays are float64 once `lsa.set_precision("float64")` has been called (the Monte Carlo suites
+call `lsa.require_x64`); importing `lsa` does not switch precision.
 
 - `LSAPredictor(W_PV, W_KQ)`: bottom-right entry of `E + W_PV E (E^T W_KQ E) / M` [ZFB eq. 3.3];
 - `OLS()`: min-norm least squares `x_q^T X^+ y` [AKY eq. 10];
@@ -45,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-import lsa  # also switches JAX to float64
+import lsa
 from lsa._validate import as_float_array, check_length, check_nonnegative, check_positive
 
 __all__ = [
