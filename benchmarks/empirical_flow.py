@@ -42,6 +42,8 @@ import numpy as np
 
 import lsa
 
+lsa.set_precision("float64")
+
 
 def timeit(fn, repeats: int) -> tuple[float, float, object]:
     """(first call seconds, median of `repeats` later calls, last output)."""
