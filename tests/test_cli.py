@@ -33,12 +33,52 @@ def test_train_from_toml(tmp_path):
     out = tmp_path / "run"
     assert main(["train", "--config", str(cfg), "--out", str(out)]) == 0
     conf = json.loads((out / "config.json").read_text())
-    assert conf["config"]["sigma"] == 0.1 and conf["config"]["seed"] == 3
+    assert conf["sigma"] == 0.1 and conf["seed"] == 3 and conf["eigenvalues"] == [1.0, 3.0]
+    assert conf["sigma_fraction"] is None and conf["derived"]["sigma"] == 0.1
+    assert "versions" in conf["provenance"]
+
+
+def test_train_options_override_the_file(tmp_path):
+    """Options override the TOML file; an option's sigma replaces the file's sigma_fraction."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("d = 2\nN = 4\nkappa = 3.0\nsigma_fraction = 0.2\nseed = 1\nn_save = 40\n")
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(cfg), "--N", "5", "--sigma", "0.05", "--out", str(out)]
+    assert main(argv) == 0
+    conf = json.loads((out / "config.json").read_text())
+    assert (conf["d"], conf["N"], conf["kappa"], conf["seed"]) == (2, 5, 3.0, 1)
+    assert conf["sigma"] == 0.05 and conf["sigma_fraction"] is None
+
+
+def test_train_refuses_renamed_options_and_another_setting(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", "--spread", "3", "--out", str(out)]) == 2
+    assert "renamed to `--kappa`" in capsys.readouterr().err
+    assert main(["train", "--sigma-frac", "0.1", "--out", str(out)]) == 2
+    assert "`--sigma-fraction`" in capsys.readouterr().err
+    cfg = tmp_path / "old.toml"
+    cfg.write_text("[train]\nd = 2\nspread = 3.0\n")
+    assert main(["train", "--config", str(cfg), "--out", str(out)]) == 2
+    assert "renamed to `kappa`" in capsys.readouterr().err
+    assert not out.exists()
+    argv = ["train", "--d", "2", "--N", "3", "--n-save", "40", "--out", str(out)]
+    assert main(argv) == 0
+    argv[4] = "4"  # another N into the same finished folder: refused, not silently skipped
+    assert main(argv) == 2
+    assert "another setting" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
     ("text", "match"),
-    [("d = 3\nfoo = 1\n", "unknown key"), ("d = 3\n[x\n", "malformed TOML")],
+    [
+        ("d = 3\nfoo = 1\n", "unknown setting key(s) 'foo'"),
+        ("d = 3\n[x\n", "malformed TOML"),
+        ('d = "5"\n', "`d` (input dimension: an integer >= 1)"),
+        ("d = 5.5\n", "`d` (input dimension: an integer >= 1)"),
+        ("kappa = 0.5\n", "`kappa` (condition number: a number >= 1)"),
+        ("[train]\nN = 0\n", "`N` (training prompt length: an integer >= 1)"),
+        ("spread = 10\n", "renamed to `kappa`"),
+    ],
 )
 def test_train_bad_toml(tmp_path, capsys, text, match):
     cfg = tmp_path / "bad.toml"
@@ -50,9 +90,11 @@ def test_train_bad_toml(tmp_path, capsys, text, match):
 
 def test_train_bad_values(tmp_path, capsys):
     assert main(["train", "--N", "0", "--out", str(tmp_path / "r")]) == 2
-    assert "N" in capsys.readouterr().err
+    assert "`N` (training prompt length: an integer >= 1)" in capsys.readouterr().err
     assert main(["train", "--sigma", "-1", "--out", str(tmp_path / "r2")]) == 2
-    assert "sigma" in capsys.readouterr().err
+    assert "`sigma` (initial scale: a number > 0, or unset)" in capsys.readouterr().err
+    assert main(["train", "--spectrum", "isotropic", "--out", str(tmp_path / "r3")]) == 2
+    assert "needs kappa = 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--method", "rk4"])
 
@@ -87,6 +129,7 @@ def test_reproduce_quick(tmp_path, capsys):
     assert all(c["passed"] for c in results["checks"])
     ids = {c["id"] for c in results["checks"]}
     assert {"a1", "a2", "a3", "a4", "b", "c1", "c2", "c3", "c4", "d1", "e1", "f1", "f2"} <= ids
+    assert {"f3", "f4", "f5"} <= ids  # f4, f5: findings, rows even when "not observed"
     for name in (
         "loss_vs_time.png",
         "distance_vs_time.png",
