@@ -234,8 +234,14 @@ def test_min_loss_bfgs() -> None:
     for _ in range(4):
         x0 = rng.standard_normal(D * D + 1)
         res = minimize(fun, x0, jac=True, method="BFGS", options={"gtol": 1e-10, "maxiter": 10000})
-        # status 2 ("precision loss") is BFGS stalling on the flat minimiser manifold; the
-        # first-order condition is checked directly instead.
+        # status 2 ("precision loss") is BFGS stalling on the flat minimiser manifold, with an
+        # inverse-Hessian estimate that went bad there (scipy 1.17: |grad| 3.6e-8 at one start).
+        # Restarting from the stall point with a fresh estimate is still BFGS; the first-order
+        # condition is then checked directly.
+        for _ in range(3):
+            if res.status == 0 or np.linalg.norm(res.jac) < 1e-10:
+                break
+            res = minimize(fun, res.x, jac=True, method="BFGS", options={"gtol": 1e-10})
         assert res.status in (0, 2)
         assert np.linalg.norm(res.jac) < 1e-8
         assert res.fun == pytest.approx(target, rel=1e-12, abs=1e-12)

@@ -47,9 +47,6 @@ __all__ = [
     "train",
 ]
 
-#: Temporary alias for `simulations.checks.shift` until it imports `lsa.Setting` itself.
-Setting = lsa.Setting
-
 #: The Monte Carlo tags of the core checks (`setting.mc_key(tag)`).
 TAGS = {"d": 1, "e": 2, "f": 3}
 

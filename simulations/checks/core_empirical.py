@@ -25,6 +25,7 @@ import lsa
 import theory
 from lsa.flow import EmpiricalResult, FlowResult, empirical_flow
 
+from ..icl.montecarlo import MCEstimate
 from .base import CheckResult, rel_error
 
 __all__ = [
@@ -196,8 +197,8 @@ def _dense_starts(key: jax.Array, D: int, n: int) -> list[tuple[jax.Array, jax.A
 
 
 def _mean_se(values: Sequence[float]) -> tuple[float, float]:
-    v = np.asarray(values, dtype=float)
-    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size))
+    est = MCEstimate.from_samples(values)
+    return est.mean, est.se
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +23,7 @@ import theory
 
 from ..icl.distributions import named_shift
 from ..icl.montecarlo import MCEstimate, mc_risk
-from ..icl.predictors import LSAPredictor, Predictor
+from ..icl.predictors import LSAPredictor, Predictor, Prefix
 from .base import CheckResult
 
 __all__ = ["Prefix", "check_prediction_identity", "check_risk_mc", "context_only_prediction"]
@@ -93,35 +92,6 @@ def check_prediction_identity(
             )
         )
     return rows
-
-
-class Prefix(Predictor):
-    """`base` applied to the first `m` examples of a prompt (the others masked out, `rho = m`).
-
-    One Monte Carlo kernel then evaluates every test length on prefixes of the same prompts
-    (one compilation for all M, common random numbers across the rows).
-    """
-
-    base: Predictor
-    m: int = eqx.field(static=True)
-
-    @property
-    def name(self) -> str:
-        return f"{self.base.name}@{self.m}"
-
-    def check_dimension(self, d: int) -> None:
-        self.base.check_dimension(d)
-
-    def check_dims(self, M: int, d: int) -> None:
-        if self.m > M:
-            raise ValueError(f"prefix length {self.m} exceeds the prompt length M = {M}.")
-        self.base.check_dims(self.m, d)
-
-    def _predict(self, X, y, x_q, mask=None):  # type: ignore[no-untyped-def]
-        keep = (jnp.arange(X.shape[1]) < self.m).astype(jnp.float64)
-        if mask is not None:
-            keep = keep * mask
-        return self.base._predict(X, y, x_q, keep)
 
 
 def risk_mutations(Lambda: np.ndarray, N: int, M: int, R: float) -> dict[str, float]:

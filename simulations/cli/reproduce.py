@@ -28,7 +28,8 @@ from ..plots import figures as plots
 from ..provenance import provenance, write_json
 
 #: The suites run after the core checks, by module name; each module exposes
-#: `run_suite(setting, out, quick=..., log=...) -> (checks, figure paths, tables)`.
+#: `run_suite(setting, out, quick=..., log=..., flow=...) -> (checks, figure paths, tables)`;
+#: `flow` is the core suite's solve of the same setting, shared.
 SUITES: tuple[str, ...] = ("simulations.checks.shift",)
 
 
@@ -181,7 +182,7 @@ def reproduce(
     extra: dict[str, Any] = {}
     for name in suites:
         module = importlib.import_module(name)
-        c2, figs2, tables2 = module.run_suite(setting, out, quick=quick, log=log)
+        c2, figs2, tables2 = module.run_suite(setting, out, quick=quick, log=log, flow=data["flow"])
         checks += c2
         figures += figs2
         extra[name] = tables2

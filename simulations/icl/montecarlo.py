@@ -103,6 +103,15 @@ class MCEstimate:
         """The sample standard deviation."""
         return self.se * math.sqrt(self.n)
 
+    @classmethod
+    def from_samples(cls, values: Any) -> MCEstimate:
+        """The estimate from independent samples already in hand (e.g. one number per flow
+        run): the same estimator as the engine's (mean, ddof-1 standard deviation / sqrt(n))."""
+        v = np.asarray(values, dtype=np.float64).ravel()
+        if v.size < 2:
+            raise ValueError(f"an estimate needs at least 2 samples; got {v.size}.")
+        return cls(mean=float(v.mean()), se=float(v.std(ddof=1) / math.sqrt(v.size)), n=v.size)
+
     def z(self, closed_form: float) -> float:
         """The z-score `(mean - closed_form) / se` (theory.md §14)."""
         return (self.mean - float(closed_form)) / self.se

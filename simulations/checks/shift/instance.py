@@ -19,17 +19,16 @@ import enum
 import time
 from typing import Any
 
-import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
 import lsa
 import theory
-from lsa.flow import gradient_flow
+from lsa.flow import FlowResult, gradient_flow
 
 from ...icl.distributions import GaussianCovariates, GaussianQuery, GaussianTask, TestDistribution
-from ...icl.predictors import LSAPredictor, Predictor
+from ...icl.predictors import LSAPredictor, Prefix
 
 __all__ = [
     "NORMAL",
@@ -174,23 +173,26 @@ def _avoid(M: int, N: int) -> int:
     return M + 2 if M == N else M
 
 
-def train_lsa(setting: lsa.Setting) -> LSAPredictor:
+def train_lsa(setting: lsa.Setting, flow: FlowResult | None = None) -> LSAPredictor:
     """The LSA layer trained by the reduced population gradient flow (ZFB Thm 4.1, Lemma 5.2)
     from Assumption 3.3 (`setting.build()`, the setting's solver options), as an
-    `LSAPredictor` on the full `(d+1) x (d+1)` weights."""
+    `LSAPredictor` on the full `(d+1) x (d+1)` weights. `flow`: that solve, if already done."""
+    if flow is not None:
+        return LSAPredictor(flow.W_PV, flow.W_KQ)
     problem = setting.build()
     method, options = setting.method_and_options()
     res = gradient_flow(problem.Lambda, setting.N, problem.init, method=method, options=options)
     return LSAPredictor(res.W_PV, res.W_KQ)
 
 
-def make_instance(setting: lsa.Setting) -> ShiftInstance:
-    """Train the layer of `setting` (`gradient_flow`) and build the shifted laws (§8.5)."""
+def make_instance(setting: lsa.Setting, flow: FlowResult | None = None) -> ShiftInstance:
+    """Train the layer of `setting` (`gradient_flow`, unless its solved `flow` is given) and
+    build the shifted laws (§8.5)."""
     setting = as_setting(setting)
     Lambda = setting.Lambda()
     d = Lambda.shape[0]
     t0 = time.perf_counter()
-    pred = train_lsa(setting)
+    pred = train_lsa(setting, flow)
     flow_seconds = time.perf_counter() - t0
     ramp = np.linspace(0.0, 1.0, d)
     return ShiftInstance(
@@ -226,33 +228,3 @@ def gaussian_law(
         noise_std=noise_std,
         noisy_target=noisy_target,
     )
-
-
-class Prefix(Predictor):
-    """`base` applied to the first `m` examples of a prompt (the others are masked out).
-
-    Lets one Monte Carlo kernel evaluate several test lengths on prefixes of the same prompts
-    (common random numbers). The LSA normalises by `rho = m`, the number of examples it sees
-    (theory.md §2.2), through `Predictor`'s mask protocol.
-    """
-
-    base: Predictor
-    m: int = eqx.field(static=True)
-
-    @property
-    def name(self) -> str:
-        return f"{self.base.name}@{self.m}"
-
-    def check_dimension(self, d: int) -> None:
-        self.base.check_dimension(d)
-
-    def check_dims(self, M: int, d: int) -> None:
-        if self.m > M:
-            raise ValueError(f"prefix length {self.m} exceeds the prompt length M = {M}.")
-        self.base.check_dims(self.m, d)
-
-    def _predict(self, X, y, x_q, mask=None):  # type: ignore[no-untyped-def]
-        keep = (jnp.arange(X.shape[1]) < self.m).astype(_F64)
-        if mask is not None:
-            keep = keep * mask
-        return self.base._predict(X, y, x_q, keep)

@@ -15,6 +15,7 @@ import pandas as pd
 
 import lsa
 import theory
+from lsa.flow import FlowResult
 
 from ...icl.distributions import named_shift
 from ...icl.montecarlo import mc_risk
@@ -102,7 +103,12 @@ def _draw_figures(
 
 
 def run_suite(
-    setting: lsa.Setting, out: Path, quick: bool = False, log: Callable[[str], None] = print
+    setting: lsa.Setting,
+    out: Path,
+    quick: bool = False,
+    log: Callable[[str], None] = print,
+    *,
+    flow: FlowResult | None = None,
 ) -> tuple[list[CheckResult], list[Path], dict[str, Any]]:
     """Run the distribution-shift checks s1–s20 and draw the shift figures (issue items 5–6).
 
@@ -112,7 +118,9 @@ def run_suite(
       keys are `setting.mc_key(tag)`, see `instance.Tag`);
     - `out`: output folder; tables go to `out/shift/*.csv`, figures to `out/*.png`;
     - `quick`: about 1/5 of the Monte Carlo sizes and fewer figure points (`QUICK`, smoke run);
-    - `log`: progress printer.
+    - `log`: progress printer;
+    - `flow`: the setting's solved flow (`lsa.flow.gradient_flow` on `setting.build()`), when
+      the caller already has it (`lsa reproduce` shares the core suite's solve); else solved here.
 
     **Returns:** `(checks, figure paths, tables)`; `tables` holds the check rows, the figure
     tables as lists of records, the instance, the sizes and the timings of each part.
@@ -133,7 +141,7 @@ def run_suite(
         log(f"  shift {name}: {timings[name]:.2f} s")
         return res
 
-    inst = timed("train", lambda: make_instance(setting))
+    inst = timed("train", lambda: make_instance(setting, flow=flow))
     checks = _run_checks(inst, sizes, timed)
     pd.DataFrame([c.row() for c in checks]).to_csv(tab_dir / "checks.csv", index=False)
     tables = _write_tables(inst, sizes, tab_dir, timed)
