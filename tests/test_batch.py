@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import lsa
-from lsa import batch
+from lsa import _esdirk, batch
 from lsa.flow import FlowError, FlowOptions, gradient_flow
 
 
@@ -61,23 +61,23 @@ def test_tableau_is_diffrax_kvaerno5():
     """The hand-written ESDIRK is Kvaerno 5(4) exactly as diffrax has it: stage matrix,
     abscissae, solution and error weights, stage predictors, the diagonal, stiff accuracy."""
     tab = diffrax.Kvaerno5().tableau
-    assert tab.num_stages == len(batch._A) == len(batch._C) == 7
+    assert tab.num_stages == len(_esdirk._A) == len(_esdirk._C) == 7
     assert tab.a_diagonal[0] == 0.0  # explicit first stage
-    np.testing.assert_allclose(tab.a_diagonal[1:], batch._G, rtol=0, atol=1e-16)
-    np.testing.assert_allclose(batch._C, np.concatenate([[0.0], tab.c]), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(tab.a_diagonal[1:], _esdirk._G, rtol=0, atol=1e-16)
+    np.testing.assert_allclose(_esdirk._C, np.concatenate([[0.0], tab.c]), rtol=0, atol=1e-15)
     for i in range(1, 7):
-        np.testing.assert_allclose(batch._A[i], tab.a_lower[i - 1], rtol=0, atol=1e-15)
-        np.testing.assert_allclose(batch._PRED[i], tab.a_predictor[i - 1], rtol=0, atol=1e-15)
-    b_sol = np.array([*batch._A[6], batch._G])
+        np.testing.assert_allclose(_esdirk._A[i], tab.a_lower[i - 1], rtol=0, atol=1e-15)
+        np.testing.assert_allclose(_esdirk._PRED[i], tab.a_predictor[i - 1], rtol=0, atol=1e-15)
+    b_sol = np.array([*_esdirk._A[6], _esdirk._G])
     np.testing.assert_allclose(b_sol, tab.b_sol, rtol=0, atol=1e-15)
-    np.testing.assert_allclose(batch._B_ERR, tab.b_error, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(_esdirk._B_ERR, tab.b_error, rtol=0, atol=1e-15)
     # stiffly accurate (b_sol is the last row of A: y_new is the last stage) and FSAL; the
     # integrator relies on both (g(y_new) = k_7)
     np.testing.assert_array_equal(tab.b_sol, [*tab.a_lower[5], tab.a_diagonal[6]])
     assert tab.fsal
     # each row of A sums to its abscissa (with the diagonal)
     for i in range(1, 7):
-        assert sum(batch._A[i]) + batch._G == pytest.approx(batch._C[i], abs=1e-14)
+        assert sum(_esdirk._A[i]) + _esdirk._G == pytest.approx(_esdirk._C[i], abs=1e-14)
 
 
 # ----------------------------------------------------------------------------------------
@@ -189,13 +189,13 @@ def test_rejection_causes_are_named():
     Newton iteration; only plain error-test rejections are `step_size_underflow`."""
     y = jnp.array([[0.1, 0.2, 0.3, 1.0]] * 5)
     y = y.at[0, 0].set(jnp.nan).at[1, 2].set(-0.5).at[4, 2].set(jnp.inf)
-    trial = batch._Trial(
+    trial = _esdirk._Trial(
         y=y,
         g=jnp.zeros_like(y),
         err=jnp.array([0.5, 2.0, 2.0, 2.0, 2.0]),
         newton_ok=jnp.array([True, False, False, True, True]),
     )
-    names = [batch.STATUS[int(c)] for c in batch._rejection_cause(trial)]
+    names = [batch.STATUS[int(c)] for c in _esdirk._rejection_cause(trial)]
     assert names == [
         "non_finite",
         "u_nonpositive",
