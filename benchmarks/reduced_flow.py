@@ -10,9 +10,10 @@ eigenvalues, trace d, Haar-rotated eigenbasis) with `N = 20`. Its limit is
 relative error `||u U - Gamma^{-1}||_F / ||Gamma^{-1}||_F <= 1e-8` (`--target`), computed here
 from `Lambda` directly (independent of lsa's internals). Three solvers:
 
-(i)   lsa-flow, `gradient_flow(..., method=EigenMethod(rtol, atol_factor))`: Lambda's
-      eigenbasis, closed-form off-diagonals (state d + 2), Kvaerno5 with an O(d) bordered-diagonal
-      Newton solve, ended by lsa-flow's own stopping rule (`FlowOptions(eps)`).
+(i)   lsa-flow, `gradient_flow(..., method=EigenMethod(rtol, atol_factor, pcoeff, icoeff))`:
+      Lambda's eigenbasis, closed-form off-diagonals (state d + 2), integrated in
+      `s = int u^2 dt`, Kvaerno5 with an O(d) bordered-diagonal Newton solve, ended by
+      lsa-flow's own stopping rule (`FlowOptions(eps)`).
 (ii)  scipy `solve_ivp(method="BDF")` on the full `d^2 + 1` state `(V = Q^T U Q, u)` in Lambda's
       eigenbasis, where the vector field is elementwise, given the analytic sparse (arrowhead:
       diagonal plus the u row and column) Jacobian as a csc matrix. This is the strongest
@@ -31,8 +32,9 @@ Tolerance search (both (i) and (ii), same run, same Lambda)
 -----------------------------------------------------------
 Each method's grid is run once on Lambda, and every setting whose endpoint error meets the
 target is a candidate.
-- lsa-flow: the full grid `rtol x atol_factor x eps` (`--lsa-rtols`, `--lsa-atol-factors`,
-  `--lsa-eps`; default 1e-6..1e-11 x {1, 1e-1, 1e-2, 1e-3} x {1e-8, 3e-9, 1e-9}), all after
+- lsa-flow: the full grid `rtol x atol_factor x eps x PI` (`--lsa-rtols`, `--lsa-atol-factors`,
+  `--lsa-eps`, `--lsa-pi`; default 1e-6..1e-11 x {1, 1e-1, 1e-2, 1e-3} x {1e-8, 3e-9, 1e-9} x
+  step-size controller coefficients (pcoeff, icoeff) in {(0.3, 0.3), (0.2, 0.4), (0, 1)}), all after
   compilation (tolerances are traced: the grid compiles nothing). The full grid is needed because
   lsa-flow's time is not monotone in rtol: loose rtol makes Kvaerno5 reject many steps. Every
   lsa-flow call here has the step budget `--lsa-max-steps` (50000; `max_steps` is static, so
@@ -91,6 +93,7 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import math
 import statistics
 import subprocess
@@ -316,8 +319,20 @@ def row(d: int, method: str, **kw: Any) -> dict[str, Any]:
     return base
 
 
-def lsa_setting(rtol: float, atol_factor: float, eps: float) -> dict[str, float]:
-    return {"rtol": rtol, "atol_factor": atol_factor, "eps": eps}
+def lsa_setting(
+    rtol: float,
+    atol_factor: float,
+    eps: float,
+    pcoeff: float | None = None,
+    icoeff: float | None = None,
+) -> dict[str, float]:
+    """An lsa-flow setting; the PI controller coefficients default to `EigenMethod()`'s."""
+    e = EigenMethod()
+    return {
+        "rtol": rtol, "atol_factor": atol_factor, "eps": eps,
+        "pcoeff": e.pcoeff if pcoeff is None else pcoeff,
+        "icoeff": e.icoeff if icoeff is None else icoeff,
+    }  # fmt: skip
 
 
 def run_lsa(
@@ -328,7 +343,12 @@ def run_lsa(
     if setting_ is None:
         method, options = EigenMethod(), FlowOptions()
     else:
-        method = EigenMethod(rtol=setting_["rtol"], atol_factor=setting_["atol_factor"])
+        method = EigenMethod(
+            rtol=setting_["rtol"],
+            atol_factor=setting_["atol_factor"],
+            pcoeff=setting_["pcoeff"],
+            icoeff=setting_["icoeff"],
+        )
         options = FlowOptions(eps=setting_["eps"])
     options = dataclasses.replace(options, max_steps=args.lsa_max_steps)
     return lambda: gradient_flow(Lam, N, init, method=method, options=options)
@@ -339,7 +359,10 @@ def run_bdf(Lam, N, init, T: float, setting_: dict[str, float]) -> Callable[[], 
 
 
 def lsa_note(s: dict[str, float]) -> str:
-    return f"rtol={s['rtol']:.0e} atol_factor={s['atol_factor']:g} eps={s['eps']:.0e}"
+    return (
+        f"rtol={s['rtol']:.0e} atol_factor={s['atol_factor']:g} eps={s['eps']:.0e} "
+        f"PI=({s['pcoeff']:g},{s['icoeff']:g})"
+    )
 
 
 def bdf_note(s: dict[str, float]) -> str:
@@ -385,27 +408,27 @@ def search_lsa(Lam, N, init, args) -> list[dict[str, Any]]:
     fastest, and would otherwise run to the default 200000 steps.
     """
     tries = []
-    for eps in args.lsa_eps:
-        for af in args.lsa_atol_factors:
-            for rtol in args.lsa_rtols:
-                s = lsa_setting(rtol, af, eps)
-                try:
-                    t, res = timed(run_lsa(Lam, N, init, args, s))
-                except FlowError as exc:
-                    tries.append(
-                        {**s, "search_s": math.nan, "rel_error": math.nan, "failed": str(exc)[:120]}
-                    )
-                    continue
-                tries.append(
-                    {
-                        **s,
-                        "search_s": t,
-                        "rel_error": rel_error(Lam, N, res.product),
-                        "steps": res.stats["num_accepted_steps"],
-                        "rejected": res.stats["num_rejected_steps"],
-                        "t_final": res.t_final,
-                    }
-                )
+    for (pc, ic), eps, af, rtol in itertools.product(
+        args.lsa_pi, args.lsa_eps, args.lsa_atol_factors, args.lsa_rtols
+    ):
+        s = lsa_setting(rtol, af, eps, pc, ic)
+        try:
+            t, res = timed(run_lsa(Lam, N, init, args, s))
+        except FlowError as exc:
+            tries.append(
+                {**s, "search_s": math.nan, "rel_error": math.nan, "failed": str(exc)[:120]}
+            )
+            continue
+        tries.append(
+            {
+                **s,
+                "search_s": t,
+                "rel_error": rel_error(Lam, N, res.product),
+                "steps": res.stats["num_accepted_steps"],
+                "rejected": res.stats["num_rejected_steps"],
+                "t_final": res.t_final,
+            }
+        )
     return tries
 
 
@@ -498,7 +521,11 @@ def tuned_row(
     return row(
         d,
         label,
-        tuned={k: chosen[k] for k in ("rtol", "atol_factor", "eps", "atol") if k in chosen},
+        tuned={
+            k: chosen[k]
+            for k in ("rtol", "atol_factor", "eps", "pcoeff", "icoeff", "atol")
+            if k in chosen
+        },
         second_error=chosen["second_error"],
         tolerance_tries=tries,
         n_tried=len(tries),
@@ -532,7 +559,8 @@ def bench_size(
     r_dflt = lsa_row(d, "lsa-flow, default tol", m_ref, Lam, N)
     e, o = EigenMethod(), FlowOptions()
     r_dflt["note"] = (
-        f"EigenMethod(rtol={e.rtol:g}, atol_factor={e.atol_factor:g}), FlowOptions(eps={o.eps:g}); "
+        f"EigenMethod(rtol={e.rtol:g}, atol_factor={e.atol_factor:g}, "
+        f"PI=({e.pcoeff:g},{e.icoeff:g})), FlowOptions(eps={o.eps:g}); "
         f"its end time T_ref = {T_ref:.1f} is the baselines' interval"
     )
 
@@ -544,7 +572,7 @@ def bench_size(
     r2["recompiled"] = bool(recompiled)
     r2["note"] = "default tol; first call " + ("RECOMPILED" if recompiled else "did not recompile")
 
-    n_lsa = len(args.lsa_rtols) * len(args.lsa_atol_factors) * len(args.lsa_eps)
+    n_lsa = len(args.lsa_rtols) * len(args.lsa_atol_factors) * len(args.lsa_eps) * len(args.lsa_pi)
     say(f"d = {d}: lsa-flow tolerance search ({n_lsa} settings) ...")
     lsa_tries = search_lsa(Lam, N, init, args)
 
@@ -725,9 +753,11 @@ def bench_big(
         s = chosen_lsa[d_from]
         where = f"setting chosen at d = {d_from}"
     else:
-        s = lsa_setting(args.lsa_rtols[-1], EigenMethod().atol_factor, min(args.lsa_eps))
+        s = lsa_setting(
+            args.lsa_rtols[-1], EigenMethod().atol_factor, min(args.lsa_eps), *args.lsa_pi[0]
+        )
         where = "no tuned size: tightest grid rtol, smallest eps"
-    s = lsa_setting(s["rtol"], s["atol_factor"], s["eps"])
+    s = lsa_setting(s["rtol"], s["atol_factor"], s["eps"], s["pcoeff"], s["icoeff"])
     say(f"d = {d}: lsa-flow alone ({lsa_note(s)}) ...")
     m = measure(run_lsa(Lam, N, init, args, s), args.repeats)
     r = lsa_row(d, "lsa-flow", m, Lam, N)
@@ -807,7 +837,7 @@ def print_tuning(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         fin.sort(key=lambda t: t["finalist_s"])
         short = ", ".join(
             f"{t['rtol']:.0e}/{t['atol_factor']:g}"
-            + (f"/{t['eps']:.0e}" if "eps" in t else "")
+            + (f"/{t['eps']:.0e}/PI({t['pcoeff']:g},{t['icoeff']:g})" if "eps" in t else "")
             + f": {t['finalist_s']:.3f}"
             + ("" if t.get("second_ok", True) else " (✗ Λ₂)")
             for t in fin
@@ -831,16 +861,22 @@ def print_tuning(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print("  ".join("-" * w for w in widths))
     for line in lines:
         print("  ".join(x.ljust(w) for x, w in zip(line, widths, strict=True)))
-    print("  (finalists: rtol/atol_factor[/eps]: median s of the re-timed runs)")
+    print("  (finalists: rtol/atol_factor[/eps/PI(pcoeff,icoeff)]: median s of the re-timed runs)")
     print()
     print("Search grids (per cell: rel. error, time of the one search run; ✓ meets the target):")
     for r in tuned:
         groups: dict[tuple, list[dict[str, Any]]] = {}
         for t in r["tolerance_tries"]:
-            key = (t["atol_factor"], t["eps"]) if "eps" in t else (t["atol_factor"],)
+            key = (
+                (t["atol_factor"], t["eps"], t["pcoeff"], t["icoeff"])
+                if "eps" in t
+                else (t["atol_factor"],)
+            )
             groups.setdefault(key, []).append(t)
         for key, ts in groups.items():
-            head_ = f"atol_factor {key[0]:g}" + (f", eps {key[1]:.0e}" if len(key) > 1 else "")
+            head_ = f"atol_factor {key[0]:g}" + (
+                f", eps {key[1]:.0e}, PI ({key[2]:g}, {key[3]:g})" if len(key) > 1 else ""
+            )
             cells = " | ".join(
                 f"{t['rtol']:.0e} "
                 + (
@@ -960,6 +996,18 @@ GRIDS = {
 }
 
 
+#: lsa-flow's step-size controller coefficients (pcoeff, icoeff) searched: (full run, --quick)
+LSA_PI = ([(0.3, 0.3), (0.2, 0.4), (0.0, 1.0)], [(0.3, 0.3)])
+
+
+def _pi_pair(text: str) -> tuple[float, float]:
+    try:
+        a, b = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected PCOEFF,ICOEFF, got {text!r}") from None
+    return a, b
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n", 2)[0] + " " + __doc__.split("\n", 2)[1]
@@ -999,6 +1047,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             default=None,
             help="search grid (default " + " ".join(f"{x:g}" for x in full) + ")",
         )
+    p.add_argument(
+        "--lsa-pi",
+        type=_pi_pair,
+        nargs="+",
+        default=None,
+        help="step-size controller coefficients PCOEFF,ICOEFF of lsa-flow to search (default "
+        + " ".join(f"{a:g},{b:g}" for a, b in LSA_PI[0])
+        + "; (0,1) is the plain integral controller)",
+    )
     p.add_argument("--tsit5-rtol", type=float, default=1e-10)
     p.add_argument(
         "--tsit5-max-d",
@@ -1019,6 +1076,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None, help="save results and provenance here")
     args = p.parse_args(argv)
     q = args.quick
+    if args.lsa_pi is None:
+        args.lsa_pi = LSA_PI[1] if q else LSA_PI[0]
     for name, (full, quick) in GRIDS.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if q else full)

@@ -1,5 +1,6 @@
 """The one problem builder of the reduced population flow [ZFB Lemma 5.2], shared by
-`lsa.flow.gradient_flow` (which integrates in t) and `lsa.batch.batch_gradient_flow` (in s).
+`lsa.flow.gradient_flow` and `lsa.batch.batch_gradient_flow` (both integrate in s; the single
+solve integrates in t when a fixed end time `t_end` is asked).
 
 Everything the two solvers have in common is computed here, on the host, for `B` problems at
 once (`gradient_flow` uses `B = 1`): Lambda's eigendecomposition, Gamma's eigenvalues, the

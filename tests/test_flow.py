@@ -263,6 +263,47 @@ def test_U_at_reconstructs_trajectory(prob, fixed_T, scipy_T2):
     np.testing.assert_allclose(U_end - U_end.T, U_sp - U_sp.T, rtol=0, atol=1e-8 * scale)
 
 
+def test_s_solve_trajectory_matches_scipy(prob, converged):
+    """The default solve integrates in s = int u^2 dt with t(s) a state: its saved physical
+    times, u and U_at (closed-form off-diagonals at the saved s) agree with DOP853 on the plain
+    ODE in t at those times, through the plateau, the escape and the convergence."""
+    r = converged
+    assert r.ts[0] == 0.0 and np.all(np.diff(r.ts) > 0) and r.ts[-1] == r.t_final
+    init = prob["init"]
+    y0 = np.concatenate([np.asarray(init.U).ravel(), [float(init.u)]])
+    sol = solve_ivp(
+        _lemma52_rhs(prob["Lambda"], N_TRAIN),
+        (0.0, r.t_final),
+        y0,
+        method="DOP853",
+        rtol=1e-12,
+        atol=1e-14,
+        t_eval=r.ts,
+    )
+    assert sol.success
+    scale = np.abs(sol.y).max()
+    for i in range(0, len(r.ts), 7):
+        np.testing.assert_allclose(
+            r.U_at(i), sol.y[:-1, i].reshape(D, D), rtol=0, atol=1e-8 * scale
+        )
+    np.testing.assert_allclose(r.u, sol.y[-1], rtol=0, atol=1e-8 * scale)
+
+
+def test_loose_tolerances_pi_controller(prob):
+    """At loose tolerances (rtol 1e-8) the s-solve with a PI controller converges to the target
+    with few rejected steps (the compiled solve is reused: tolerances are traced)."""
+    r = flow.gradient_flow(
+        prob["Lambda"],
+        N_TRAIN,
+        prob["init"],
+        method=flow.EigenMethod(rtol=1e-8, atol_factor=0.1, pcoeff=0.3, icoeff=0.3),
+        options=flow.FlowOptions(eps=3e-9),
+    )
+    assert r.stop_reason == "converged"
+    assert _rel(r.product, prob["Ginv"]) <= 1e-8
+    assert r.stats["num_rejected_steps"] <= 0.1 * r.stats["num_steps"]
+
+
 # ----------------------------------------------------------------------------------------------
 # small sigma and an ill-conditioned instance
 
