@@ -54,24 +54,31 @@ JAX's persistent compilation cache can store them when the caller enables it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import lineax as lx
 import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float
 
 from . import _problem
+from ._diffrax import (
+    BorderedDiagonal,
+    FlooredChord,
+    _checks_without_callbacks,
+    _controller,
+    _f64,
+    _progress_meter,
+)
+from ._empirical import EmpiricalResult, empirical_flow
 from ._expsum import ExpSumTable, exp_sum
 from ._options import (
     METHODS,
@@ -83,13 +90,8 @@ from ._options import (
 )
 from ._validate import check_covariance, check_length, check_square, warn_sigma
 from .loss import (
-    PromptStats,
-    QuadraticLoss,
-    empirical_loss,
     gamma_matrix,
     population_loss,
-    quadratic_form_loss,
-    quadratic_loss,
 )
 from .model import from_reduced
 from .precision import require_x64
@@ -110,86 +112,6 @@ __all__ = [
     "gradient_flow",
     "reduced_vector_field",
 ]
-
-
-# ----------------------------------------------------------------------------------------
-# A lineax solver for "diagonal plus a border": the Newton matrices of the eigenbasis flow.
-# ----------------------------------------------------------------------------------------
-
-
-class BorderedDiagonal(lx.AbstractLinearSolver):
-    """Solve `[[A, B], [C, E]] x = b` with `A` diagonal `(n-k, n-k)` and a border of width `k`.
-
-    The structure is read off the operator with `1 + 2k` matrix-vector products (one with
-    ones on the interior block, `k` columns and `k` transposed rows of the border), then the
-    system is solved by the Schur complement `E - C A^{-1} B` (a `k x k` solve): O(n k^2)
-    instead of the O(n^3) of a dense LU. Exact (to round-off) whenever the interior block is
-    diagonal; it is used only where the vector field guarantees that.
-    """
-
-    border: int = eqx.field(static=True, default=2)
-
-    def init(self, operator: lx.AbstractLinearOperator, options: dict[str, Any]):
-        del options
-        n = operator.in_size()
-        k = self.border
-        dtype = operator.in_structure().dtype  # type: ignore[union-attr]
-        m = n - k
-        ones = jnp.concatenate([jnp.ones(m, dtype), jnp.zeros(k, dtype)])
-        diag = operator.mv(ones)[:m]
-        eye_k = jnp.eye(k, dtype=dtype)
-        basis = [jnp.concatenate([jnp.zeros(m, dtype), eye_k[j]]) for j in range(k)]
-        cols = jnp.stack([operator.mv(e) for e in basis], axis=1)  # (n, k)
-        opT = operator.transpose()
-        rows = jnp.stack([opT.mv(e) for e in basis], axis=0)  # (k, n)
-        return diag, cols[:m], rows[:, :m], cols[m:]
-
-    def compute(self, state, vector, options):
-        del options
-        diag, Bm, Cm, Em = state
-        m = diag.shape[0]
-        b1, b2 = vector[:m], vector[m:]
-        Ai_b1 = b1 / diag
-        Ai_B = Bm / diag[:, None]
-        schur = Em - Cm @ Ai_B
-        x2 = jnp.linalg.solve(schur, b2 - Cm @ Ai_b1)
-        x1 = Ai_b1 - Ai_B @ x2
-        x = jnp.concatenate([x1, x2])
-        ok = jnp.all(jnp.isfinite(x))
-        return x, lx.RESULTS.where(ok, lx.RESULTS.successful, lx.RESULTS.singular), {}
-
-    def transpose(self, state, options):
-        del options
-        diag, Bm, Cm, Em = state
-        return (diag, Cm.T, Bm.T, Em.T), {}
-
-    def conj(self, state, options):
-        del options
-        return state, {}
-
-    def assume_full_rank(self) -> bool:
-        return True
-
-
-class FlooredChord(diffrax.VeryChord):
-    """diffrax's `VeryChord` with one change to its stopping test: a correction smaller than
-    `floor` times the tolerance counts as converged, whatever the estimated contraction rate.
-
-    Near a steady state the first chord correction is already at round-off, so the rate
-    estimate (ratio of two successive corrections) is noise over noise; `VeryChord` then often
-    declares divergence (rate > 2) and the step is rejected, so the step size can never grow
-    and a solve past convergence churns until `max_steps` (measured: 1e5 steps, 57% rejected).
-    A correction 1000x below the tolerance is converged by any standard, so accepting it is
-    safe.
-    """
-
-    floor: float = 1e-3
-
-    def terminate(self, fn, y, args, options, state, tags):
-        done, result = super().terminate(fn, y, args, options, state, tags)
-        tiny = (state.step >= 2) & (state.diffsize < self.floor)
-        ok = optx.RESULTS.successful
-        return done | tiny, optx.RESULTS.where(tiny & (state.result == ok), ok, result)
 
 
 # ----------------------------------------------------------------------------------------
@@ -375,51 +297,6 @@ def _direct_rate(y, args):
 # ----------------------------------------------------------------------------------------
 # The solve, compiled once per (method, d, options) and reused for new problem data.
 # ----------------------------------------------------------------------------------------
-
-
-def _f64(x: Any) -> Array:
-    """Problem data and tolerances enter the compiled solves as float64 arrays, never as Python
-    floats: `eqx.filter_jit` treats Python floats as static, so each new value would recompile
-    (about 1-5 s) instead of reusing the compiled solve."""
-    return jnp.asarray(x, dtype=jnp.float64)
-
-
-def _controller(rtol, atol, pcoeff=0.0, icoeff=1.0):
-    return diffrax.PIDController(
-        rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff, norm=optx.max_norm
-    )
-
-
-@contextlib.contextmanager
-def _checks_without_callbacks() -> Iterator[None]:
-    """Trace `diffeqsolve`'s input checks without host callbacks.
-
-    `diffeqsolve` validates `(t1 - t0) * dt0 >= 0` and the ordering and range of `SaveAt.ts`
-    with `equinox.error_if`. With traced values (ours are arrays, so that a new problem reuses
-    the compiled solve) each check becomes a `jax.pure_callback` under equinox's default
-    `EQX_ON_ERROR=raise`, and JAX refuses to write an executable holding host callbacks to the
-    persistent compilation cache. The values are validated on the host before the call
-    (`t1 > 0`, `dt0 > 0`, save times increasing in `[0, t1]`), so while the solve is traced the
-    checks are switched to equinox's callback-free `nan` mode (a violated check would make the
-    output NaN, which `gradient_flow` reports as `non_finite`). The setting is restored after
-    tracing and affects nothing else.
-    """
-    from equinox import _errors
-
-    if not hasattr(_errors, "EQX_ON_ERROR"):  # another equinox layout: keep its checks (the
-        yield  # solve still works; it only may not be written to the persistent cache)
-        return
-    old = _errors.EQX_ON_ERROR
-    _errors.EQX_ON_ERROR = "nan" if old == "raise" else old
-    try:
-        yield
-    finally:
-        _errors.EQX_ON_ERROR = old
-
-
-def _progress_meter(progress: bool) -> diffrax.AbstractProgressMeter:
-    # tqdm's meter calls back to the host at every step: only when asked for.
-    return diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter()
 
 
 @eqx.filter_jit
@@ -619,6 +496,7 @@ def _run_eig_s(req: _Single, prob: _problem.Problem) -> tuple[Any, dict[str, Any
         _f64(prob.t1[0]),
     )
     y0 = jnp.asarray(np.concatenate([prob.p0[0], [prob.u0[0], 0.0]]))
+    assert isinstance(method, EigenMethod)  # the s-solve is the eigenbasis method's
     pid = (_f64(method.pcoeff), _f64(method.icoeff))
     with _checks_without_callbacks():
         sol = _solve_eig_s(
@@ -808,138 +686,3 @@ def _U_direct(ys: np.ndarray, i: int, *, d: int, root_a: float) -> np.ndarray:
 
 def _is_balanced(u0: float, U0: np.ndarray) -> bool:
     return abs(u0**2 - float(np.sum(U0**2))) <= 1e-10 * max(u0**2, 1e-300)
-
-
-# ----------------------------------------------------------------------------------------
-# Empirical flow over all entries
-# ----------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class EmpiricalResult:
-    """A solved empirical gradient flow over all `2 (d+1)^2` entries of `(W_PV, W_KQ)`.
-
-    `ts`, `loss (T,)` (empirical loss with the 1/2), `W_PV_traj`, `W_KQ_traj (T, d+1, d+1)`,
-    the final `W_PV`, `W_KQ`, and `stats`.
-    """
-
-    ts: np.ndarray
-    loss: np.ndarray
-    W_PV_traj: np.ndarray
-    W_KQ_traj: np.ndarray
-    stats: dict[str, Any]
-
-    @property
-    def W_PV(self) -> np.ndarray:
-        return self.W_PV_traj[-1]
-
-    @property
-    def W_KQ(self) -> np.ndarray:
-        return self.W_KQ_traj[-1]
-
-
-def _emp_loss(w, data):
-    if isinstance(data, QuadraticLoss):
-        return quadratic_form_loss(w[0], w[1], data)
-    return empirical_loss(w[0], w[1], data)
-
-
-def _emp_vf(t, y, data):
-    g = jax.grad(_emp_loss)(y, data)
-    return jax.tree_util.tree_map(jnp.negative, g)
-
-
-def _emp_metrics(t, y, data):
-    return {"y": y, "loss": _emp_loss(y, data)}
-
-
-@eqx.filter_jit
-def _solve_emp(y0, stats, ts, t1, dt0, rtol, atol, newton_atol, *, max_steps, progress):
-    solver = diffrax.Kvaerno5(
-        root_finder=FlooredChord(rtol=1e-6, atol=newton_atol, norm=optx.max_norm)
-    )
-    return diffrax.diffeqsolve(
-        diffrax.ODETerm(_emp_vf),
-        solver,
-        t0=0.0,
-        t1=t1,
-        dt0=dt0,
-        y0=y0,
-        args=stats,
-        saveat=diffrax.SaveAt(ts=ts, fn=_emp_metrics),
-        stepsize_controller=_controller(rtol, atol),
-        max_steps=max_steps,
-        throw=False,
-        progress_meter=_progress_meter(progress),
-    )
-
-
-def empirical_flow(
-    stats: PromptStats | QuadraticLoss,
-    W_PV: Float[ArrayLike, "d+1 d+1"],
-    W_KQ: Float[ArrayLike, "d+1 d+1"],
-    t_end: float,
-    *,
-    rtol: float = 1e-9,
-    atol: float = 1e-12,
-    n_save: int = 200,
-    max_steps: int = 100_000,
-    progress: bool = False,
-    quadratic: bool | None = None,
-) -> EmpiricalResult:
-    """Gradient flow of the empirical loss `L_hat` [ZFB eq. 3.7] over all entries, to `t_end`.
-
-    The loss is evaluated from the per-prompt statistics `S = E E^T / N` and `x_q`
-    (`lsa.prompt_stats`), never by re-applying the literal map. By default (`quadratic=True`,
-    d <= 12) the statistics are folded once into the exact `QuadraticLoss`, so every
-    right-hand side costs `O(((d+1)^2 d)^2)` whatever the number of prompts. Kvaerno5 with a
-    dense Jacobian: the state has only `2 (d+1)^2` entries, so this is cheap and robust to the
-    stiffness of ill-conditioned Lambda.
-
-    **Returns:** an `EmpiricalResult`; raises `FlowError` on solver failure or NaN.
-    """
-    require_x64("lsa.empirical_flow")
-    W_PV = np.asarray(W_PV, dtype=np.float64)
-    W_KQ = np.asarray(W_KQ, dtype=np.float64)
-    D = W_PV.shape[-1] if isinstance(stats, QuadraticLoss) else stats.S.shape[-1]
-    if isinstance(stats, PromptStats) and (quadratic or (quadratic is None and D <= 13)):
-        stats = quadratic_loss(stats)
-    for name, W in (("W_PV", W_PV), ("W_KQ", W_KQ)):
-        if W.shape != (D, D):
-            raise ValueError(f"`{name}` must have shape ({D}, {D}) to match the prompts.")
-        if not np.all(np.isfinite(W)):
-            raise ValueError(f"`{name}` contains NaN or inf.")
-    if not t_end > 0:
-        raise ValueError(f"`t_end` must be > 0; got {t_end}.")
-    ts = np.minimum(np.concatenate([[0.0], np.geomspace(t_end * 1e-6, t_end, n_save - 1)]), t_end)
-    y0 = (jnp.asarray(W_PV), jnp.asarray(W_KQ))
-    t_start = time.perf_counter()
-    with _checks_without_callbacks():
-        sol = _solve_emp(
-            y0,
-            stats,
-            jnp.asarray(ts),
-            _f64(t_end),
-            _f64(t_end * 1e-6),
-            _f64(rtol),
-            _f64(atol),
-            _f64(1e-9),
-            max_steps=max_steps,
-            progress=progress,
-        )
-    jax.block_until_ready(sol.ys)
-    wall = time.perf_counter() - t_start
-    stats_out = {
-        "num_steps": int(sol.stats["num_steps"]),
-        "num_rejected_steps": int(sol.stats["num_rejected_steps"]),
-        "wall_seconds": wall,
-        "result": str(sol.result),
-    }
-    Wp = np.asarray(sol.ys["y"][0])
-    Wk = np.asarray(sol.ys["y"][1])
-    loss = np.asarray(sol.ys["loss"])
-    if sol.result != diffrax.RESULTS.successful:
-        raise FlowError(f"empirical flow failed: {sol.result}", stats_out)
-    if not (np.all(np.isfinite(Wp)) and np.all(np.isfinite(Wk))):
-        raise FlowError("empirical flow produced NaN or inf", stats_out)
-    return EmpiricalResult(ts=ts, loss=loss, W_PV_traj=Wp, W_KQ_traj=Wk, stats=stats_out)

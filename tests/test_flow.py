@@ -596,3 +596,14 @@ def test_empirical_flow_antithetic(prob, converged):
     # the error shrinks ~ 1/sqrt(B): closer for the larger B (measured 0.174 -> 0.086 at seed 17;
     # over many seeds the mean ratio is close to sqrt(10))
     assert dist[40000] < dist[4000]
+
+
+def test_empirical_flow_reports_step_budget(prob, converged):
+    """A step budget too small for the empirical flow raises FlowError naming `max_steps`."""
+    rng = np.random.default_rng(3)
+    X, y, x_q, y_q = _antithetic_prompts(rng, prob["Lambda"], 200, N_TRAIN)
+    st = lsa.prompt_stats(X, y, x_q, y_q)
+    with pytest.raises(flow.FlowError, match="max_steps") as err:
+        flow.empirical_flow(st, *prob["init"].weights(), converged.t_final, max_steps=3)
+    assert err.value.status == "max_steps"
+    assert err.value.diagnostics["num_steps"] <= 3
