@@ -69,7 +69,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float
 
-from . import _problem
+from . import _export, _problem
 from ._diffrax import (
     BorderedDiagonal,
     FlooredChord,
@@ -79,6 +79,7 @@ from ._diffrax import (
     _progress_meter,
 )
 from ._empirical import EmpiricalResult, empirical_flow
+from ._export import enable_exported_solves
 from ._expsum import ExpSumTable, exp_sum
 from ._options import (
     METHODS,
@@ -108,6 +109,7 @@ __all__ = [
     "FlowOptions",
     "FlowResult",
     "empirical_flow",
+    "enable_exported_solves",
     "exp_sum",
     "gradient_flow",
     "reduced_vector_field",
@@ -499,9 +501,10 @@ def _run_eig_s(req: _Single, prob: _problem.Problem) -> tuple[Any, dict[str, Any
     assert isinstance(method, EigenMethod)  # the s-solve is the eigenbasis method's
     pid = (_f64(method.pcoeff), _f64(method.icoeff))
     with _checks_without_callbacks():
-        sol = _solve_eig_s(
-            y0, args, jnp.asarray(ss), _f64(s1), _f64(ds0), _f64(prob.rtol), _f64(prob.atol[0]),
-            _f64(method.chord_rtol()), _f64(prob.newton_atol[0]), pid,
+        sol = _export.call_solve(
+            "eig_s", _solve_eig_s,
+            (y0, args, jnp.asarray(ss), _f64(s1), _f64(ds0), _f64(prob.rtol), _f64(prob.atol[0]),
+             _f64(method.chord_rtol()), _f64(prob.newton_atol[0]), pid),
             max_steps=options.max_steps, progress=options.progress,
         )  # fmt: skip
         jax.block_until_ready(sol.ys)

@@ -54,8 +54,8 @@ def cache_dir() -> Path | None:
 
 def configure_runtime() -> None:
     """What the command chooses for the process (a library import never does): float64,
-    JAX's persistent compilation cache (a second run reuses the compiled solves), and the
-    non-interactive Agg backend for the figures."""
+    JAX's persistent compilation cache and the serialized solves of `lsa.flow` (a second run
+    neither traces nor compiles the solve again), and the non-interactive Agg backend."""
     import jax
     import matplotlib
 
@@ -72,6 +72,7 @@ def configure_runtime() -> None:
         jax.config.update("jax_compilation_cache_dir", str(folder))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+        lsa.flow.enable_exported_solves(folder / "export")
     matplotlib.use("Agg")
 
 
