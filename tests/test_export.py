@@ -22,8 +22,8 @@ s = lsa.Setting(d=4, N=7, kappa=30.0, seed=int(sys.argv[2]), trace=40.0)
 p = s.build()
 t0 = time.perf_counter()
 r = lsa.flow.gradient_flow(p.Lambda, s.N, p.init)
-np.savez(sys.argv[3], Lambda=p.Lambda, product=r.product, ts=r.ts, u=r.u, steps=r.stats["num_steps"],
-         seconds=time.perf_counter() - t0)
+np.savez(sys.argv[3], Lambda=p.Lambda, product=r.product, ts=r.ts, u=r.u,
+         steps=r.stats["num_steps"], seconds=time.perf_counter() - t0)
 """
 
 
