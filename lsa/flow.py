@@ -301,12 +301,10 @@ def _direct_rate(y, args):
 # ----------------------------------------------------------------------------------------
 
 
-@eqx.filter_jit
-def _solve_eig(
-    y0, args, ts, t1, dt0, rtol, atol, newton_rtol, newton_atol, pid,
-    *, use_event, max_steps, progress,
-):  # fmt: skip
-    solver = diffrax.Kvaerno5(
+def _eig_kvaerno5(newton_rtol: Any, newton_atol: Any) -> diffrax.Kvaerno5:
+    """Kvaerno5 for the eigenbasis state: a floored chord iteration whose Newton systems
+    (diagonal plus a border of width 2: `u` and the clock) are solved in O(d)."""
+    return diffrax.Kvaerno5(
         root_finder=FlooredChord(
             rtol=newton_rtol,
             atol=newton_atol,
@@ -314,6 +312,14 @@ def _solve_eig(
             linear_solver=BorderedDiagonal(border=2),
         )
     )
+
+
+@eqx.filter_jit
+def _solve_eig(
+    y0, args, ts, t1, dt0, rtol, atol, newton_rtol, newton_atol, pid,
+    *, use_event, max_steps, progress,
+):  # fmt: skip
+    solver = _eig_kvaerno5(newton_rtol, newton_atol)
     event = diffrax.Event(_stop_cond(_eig_vf, slice(0, -1), _eig_rate)) if use_event else None
     return diffrax.diffeqsolve(
         diffrax.ODETerm(_eig_vf),
@@ -336,14 +342,7 @@ def _solve_eig(
 def _solve_eig_s(
     y0, args, ss, s1, ds0, rtol, atol, newton_rtol, newton_atol, pid, *, max_steps, progress
 ):  # fmt: skip
-    solver = diffrax.Kvaerno5(
-        root_finder=FlooredChord(
-            rtol=newton_rtol,
-            atol=newton_atol,
-            norm=optx.max_norm,
-            linear_solver=BorderedDiagonal(border=2),
-        )
-    )
+    solver = _eig_kvaerno5(newton_rtol, newton_atol)
     event = diffrax.Event(
         (_eig_s_stop, _eig_s_horizon), root_finder=optx.Newton(rtol=1e-14, atol=1e-300)
     )
