@@ -161,7 +161,10 @@ def _resolve_method(method: Any) -> EigenMethod | DirectMethod:
                 f"unknown solver `method={method!r}`; choose one of {sorted(METHODS)} or pass "
                 "an EigenMethod / DirectMethod instance."
             ) from None
-    raise TypeError(f"`method` must be a string or a method object; got {type(method).__name__}.")
+    raise ValueError(
+        f"`method` must be a string ({sorted(METHODS)}) or a method object; got "
+        f"{type(method).__name__}."
+    )
 
 
 #: Outcome codes of a solve, shared by `lsa.batch` (`BatchFlowResult.status`) and the

@@ -296,7 +296,10 @@ def _validate(
     """Host-side checks; returns `(Lams, N, u0, U0, method, options)`."""
     method = EigenMethod() if method is None else method
     if not isinstance(method, EigenMethod):
-        raise TypeError("batch_gradient_flow supports EigenMethod only (the eigenbasis state).")
+        raise ValueError(
+            "batch_gradient_flow supports EigenMethod only (the eigenbasis state); pass "
+            "method=EigenMethod(...) or use lsa.flow.gradient_flow for DirectMethod."
+        )
     options = FlowOptions() if options is None else options
     if options.t_end is not None:
         raise ValueError(

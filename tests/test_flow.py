@@ -521,7 +521,7 @@ def test_step_counts_do_not_depend_on_units():
 def test_bad_method_and_options(prob):
     with pytest.raises(ValueError, match="method"):
         flow.gradient_flow(prob["Lambda"], N_TRAIN, prob["init"], method="rk4")
-    with pytest.raises(TypeError, match="method"):
+    with pytest.raises(ValueError, match="method"):
         flow.gradient_flow(prob["Lambda"], N_TRAIN, prob["init"], method=3)
     for bad in (0.0, -1e-3, 1.0):
         with pytest.raises(ValueError, match="eps"):
