@@ -321,3 +321,22 @@ def test_predictor_is_jit_and_vmap_friendly(rng):
 
     for lam in lams:
         np.testing.assert_allclose(np.asarray(f(lam)), np.asarray(Ridge(lam)(X, y, x_q)))
+
+
+@pytest.mark.parametrize("m", [1, 4, 9])
+def test_prefix_is_the_predictor_on_the_first_m_examples(rng, m):
+    """`Prefix(p, m)` on a prompt of length 12 equals `p` on its first m examples (the LSA with
+    rho = m, against the literal map; OLS against lstsq on the truncated prompt)."""
+    from simulations.icl.prefix import Prefix
+
+    d = 4
+    X, y, x_q = _prompts(rng, 32, 12, d)
+    W_PV, W_KQ = rng.standard_normal((d + 1, d + 1)), rng.standard_normal((d + 1, d + 1))
+    got = np.asarray(Prefix(LSAPredictor(W_PV, W_KQ), m)(X, y, x_q))
+    want = _literal_lsa(X[:, :m], y[:, :m], x_q, W_PV, W_KQ)
+    np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11)
+    got_ols = np.asarray(Prefix(OLS(), m)(X, y, x_q))
+    w_ls = [np.linalg.lstsq(X[b, :m], y[b, :m], rcond=None)[0] for b in range(32)]
+    np.testing.assert_allclose(got_ols, np.einsum("bd,bd->b", np.array(w_ls), x_q), atol=1e-10)
+    with pytest.raises(ValueError, match="prefix length"):
+        Prefix(OLS(), 13)(X, y, x_q)

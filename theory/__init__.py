@@ -6,7 +6,9 @@ ICLR 2023). Plain numpy/scipy float64; this package never imports `lsa` or `simu
 - `theory.global_min`: Gamma, the limit of gradient flow, the reduced loss and its minimum, the
   conserved quantity, the bounds of Lemmas A.4/A.5 and the PL constant (theory.md §3–§4).
 - `theory.risk`: test risks of the trained layer and of predictors linear in h, distribution
-  shifts, baselines and the SPD/ILWD metrics (theory.md §6–§8, §11).
+  shifts and baselines (theory.md §6–§8);
+- `theory.metrics`: Akyürek et al.'s SPD and ILWD for predictors linear in h, and GD as one
+  (theory.md §11).
 """
 
 from theory.global_min import (
@@ -29,6 +31,7 @@ from theory.global_min import (
     sigma_max,
     u_min,
 )
+from theory.metrics import gd_G, ilwd_linear, spd_linear
 from theory.risk import (
     corollary43_epsilon,
     covariate_scaling_limit,
@@ -36,8 +39,6 @@ from theory.risk import (
     covariate_scaling_risk_isotropic,
     covariate_shift_risk,
     fixed_task_risk,
-    gd_G,
-    ilwd_linear,
     minnorm_ols_risk,
     noisy_training_minimiser,
     ols_risk,
@@ -50,7 +51,6 @@ from theory.risk import (
     risk_limit_large_N,
     shift_risk,
     shift_risk_limit,
-    spd_linear,
     task_shift_risk,
     theorem42_average_bound,
     theorem42_risk,

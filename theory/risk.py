@@ -31,8 +31,6 @@ __all__ = [
     "covariate_scaling_risk_isotropic",
     "covariate_shift_risk",
     "fixed_task_risk",
-    "gd_G",
-    "ilwd_linear",
     "minnorm_ols_risk",
     "noisy_training_minimiser",
     "ols_risk",
@@ -45,7 +43,6 @@ __all__ = [
     "risk_limit_large_N",
     "shift_risk",
     "shift_risk_limit",
-    "spd_linear",
     "task_shift_risk",
     "theorem42_average_bound",
     "theorem42_risk",
@@ -726,77 +723,3 @@ def minnorm_ols_risk(d: int, M: int, tau2: float, s2: float) -> float:
             f"M must be <= d - 2 = {dd - 2} for the min-norm OLS risk to be finite, got M = {m}."
         )
     return t * (dd - m) + s * m / (dd - m - 1.0)
-
-
-# ----------------------------------------------------------------------------------------------
-# §11.2–§11.3: Akyürek et al. predictors and metrics for predictors linear in h
-
-
-def spd_linear(
-    G1: Float[ArrayLike, "d d"],
-    G2: Float[ArrayLike, "d d"],
-    Lambda: Float[ArrayLike, "d d"],
-    Ehh: Float[ArrayLike, "d d"],
-) -> float:
-    """Squared prediction difference of two predictors linear in h [AKY eq. 15] (theory.md §11.3).
-
-    SPD = tr((G1 - G2) Lambda (G1 - G2)^T E[h h^T]) for y_hat_k = h^T G_k x_q, x_q ~ N(0, Lambda)
-    independent of the prompt ([DERIVED] closed form).
-
-    **Arguments:**
-
-    - `G1`, `G2`: the preconditioners, shape (d, d).
-    - `Lambda`: query covariance, symmetric positive definite, shape (d, d).
-    - `Ehh`: E[h h^T] (see `prompt_moment`), symmetric positive semi-definite, shape (d, d).
-
-    **Returns:** SPD as a float (not normalised by d).
-    """
-    lam = check_spd(Lambda, "Lambda")
-    d = lam.shape[0]
-    a = check_square(G1, "G1", d)
-    b = check_square(G2, "G2", d)
-    e = check_psd(Ehh, "Ehh", d)
-    diff = a - b
-    return float(np.trace(diff @ lam @ diff.T @ e))
-
-
-def ilwd_linear(
-    G1: Float[ArrayLike, "d d"], G2: Float[ArrayLike, "d d"], Ehh: Float[ArrayLike, "d d"]
-) -> float:
-    """Implicit linear weight difference of two predictors linear in h [AKY eqs. 16–17] (§11.3).
-
-    ILWD = tr((G1 - G2)(G1 - G2)^T E[h h^T]); the implied weight of y_hat = h^T G x_q is G^T h
-    ([DERIVED] closed form).
-
-    **Arguments:**
-
-    - `G1`, `G2`: the preconditioners, shape (d, d).
-    - `Ehh`: E[h h^T] (see `prompt_moment`), symmetric positive semi-definite, shape (d, d).
-
-    **Returns:** ILWD as a float (not normalised by d).
-    """
-    e = check_psd(Ehh, "Ehh")
-    d = e.shape[0]
-    a = check_square(G1, "G1", d)
-    b = check_square(G2, "G2", d)
-    diff = a - b
-    return float(np.trace(diff @ diff.T @ e))
-
-
-def gd_G(alpha: float, M: int, d: int) -> Float[np.ndarray, "d d"]:
-    """Preconditioner of one-step batch GD from 0, "GD(alpha)" [AKY Sec. 4.3] (theory.md §11.2).
-
-    w = 2 alpha X^T Y, so y_hat = h^T G x_q with G = 2 alpha M I_d ([DERIVED]).
-
-    **Arguments:**
-
-    - `alpha`: step size, > 0.
-    - `M`: number of in-context examples, an integer >= 1.
-    - `d`: input dimension, an integer >= 1.
-
-    **Returns:** G, shape (d, d).
-    """
-    a = check_real(alpha, "alpha", positive=True)
-    m = check_int(M, "M")
-    dd = check_int(d, "d")
-    return 2.0 * a * m * np.eye(dd)

@@ -23,7 +23,8 @@ import theory
 
 from ..icl.distributions import named_shift
 from ..icl.montecarlo import MCEstimate, mc_risk
-from ..icl.predictors import LSAPredictor, Predictor, Prefix
+from ..icl.predictors import LSAPredictor, Predictor
+from ..icl.prefix import Prefix
 from .base import CheckResult
 
 __all__ = ["Prefix", "check_prediction_identity", "check_risk_mc", "context_only_prediction"]

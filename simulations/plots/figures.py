@@ -157,7 +157,7 @@ def plot_empirical(emp: pd.DataFrame, meta: dict, path: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------
-# distribution shift (simulations.shift_checks)
+# distribution shift (simulations.checks.shift)
 
 _BASELINE_STYLE: dict[str, dict[str, Any]] = {
     "OLS": {"color": "C2", "marker": "s", "ls": "-"},

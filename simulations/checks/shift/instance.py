@@ -28,7 +28,8 @@ import theory
 from lsa.flow import FlowResult, gradient_flow
 
 from ...icl.distributions import GaussianCovariates, GaussianQuery, GaussianTask, TestDistribution
-from ...icl.predictors import LSAPredictor, Prefix
+from ...icl.predictors import LSAPredictor
+from ...icl.prefix import Prefix
 
 __all__ = [
     "NORMAL",
