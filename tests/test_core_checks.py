@@ -217,3 +217,15 @@ def test_sizes_validated():
     with pytest.raises(ValueError, match="M_values"):
         core.CoreSizes(M_values=(0,))
     assert jax.config.read("jax_enable_x64")
+
+
+@pytest.mark.parametrize("trace", [0.03, 300.0])
+def test_balance_check_does_not_depend_on_units(trace):
+    """Check b bounds the drift relative to max u^2, so it passes for the same setting with
+    tr Lambda far from d (u^2 scales like 1/c under Lambda -> c Lambda)."""
+    s = SETTING.replace(trace=trace)
+    p = s.build()
+    res = lsa.flow.gradient_flow(p.Lambda, s.N, p.init)
+    row = check_balance(res)
+    assert row.passed, row.error
+    assert row.details["max_u2"] == pytest.approx(float(np.max(res.u**2)))
