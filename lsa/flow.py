@@ -314,27 +314,36 @@ def _eig_kvaerno5(newton_rtol: Any, newton_atol: Any) -> diffrax.Kvaerno5:
     )
 
 
-@eqx.filter_jit
-def _solve_eig(
-    y0, args, ts, t1, dt0, rtol, atol, newton_rtol, newton_atol, pid,
-    *, use_event, max_steps, progress,
-):  # fmt: skip
-    solver = _eig_kvaerno5(newton_rtol, newton_atol)
-    event = diffrax.Event(_stop_cond(_eig_vf, slice(0, -1), _eig_rate)) if use_event else None
+def _eig_diffeqsolve(vf, metrics, ts, t1, dt0, y0, args, tols, event, max_steps, progress):
+    """The eigenbasis solve in either independent variable (`t` or `s`): Kvaerno5 with the
+    O(d) Newton solver, PI control, save points `ts` (plus the end) through `metrics`."""
+    rtol, atol, newton_rtol, newton_atol, pid = tols
     return diffrax.diffeqsolve(
-        diffrax.ODETerm(_eig_vf),
-        solver,
+        diffrax.ODETerm(vf),
+        _eig_kvaerno5(newton_rtol, newton_atol),
         t0=0.0,
         t1=t1,
         dt0=dt0,
         y0=y0,
         args=args,
-        saveat=diffrax.SaveAt(ts=ts, t1=True, fn=_eig_metrics),
+        saveat=diffrax.SaveAt(ts=ts, t1=True, fn=metrics),
         stepsize_controller=_controller(rtol, atol, *pid),
         event=event,
         max_steps=max_steps,
         throw=False,
         progress_meter=_progress_meter(progress),
+    )
+
+
+@eqx.filter_jit
+def _solve_eig(
+    y0, args, ts, t1, dt0, rtol, atol, newton_rtol, newton_atol, pid,
+    *, use_event, max_steps, progress,
+):  # fmt: skip
+    event = diffrax.Event(_stop_cond(_eig_vf, slice(0, -1), _eig_rate)) if use_event else None
+    tols = (rtol, atol, newton_rtol, newton_atol, pid)
+    return _eig_diffeqsolve(
+        _eig_vf, _eig_metrics, ts, t1, dt0, y0, args, tols, event, max_steps, progress
     )
 
 
@@ -342,24 +351,12 @@ def _solve_eig(
 def _solve_eig_s(
     y0, args, ss, s1, ds0, rtol, atol, newton_rtol, newton_atol, pid, *, max_steps, progress
 ):  # fmt: skip
-    solver = _eig_kvaerno5(newton_rtol, newton_atol)
     event = diffrax.Event(
         (_eig_s_stop, _eig_s_horizon), root_finder=optx.Newton(rtol=1e-14, atol=1e-300)
     )
-    return diffrax.diffeqsolve(
-        diffrax.ODETerm(_eig_s_vf),
-        solver,
-        t0=0.0,
-        t1=s1,
-        dt0=ds0,
-        y0=y0,
-        args=args,
-        saveat=diffrax.SaveAt(ts=ss, t1=True, fn=_eig_s_metrics),
-        stepsize_controller=_controller(rtol, atol, *pid),
-        event=event,
-        max_steps=max_steps,
-        throw=False,
-        progress_meter=_progress_meter(progress),
+    tols = (rtol, atol, newton_rtol, newton_atol, pid)
+    return _eig_diffeqsolve(
+        _eig_s_vf, _eig_s_metrics, ss, s1, ds0, y0, args, tols, event, max_steps, progress
     )
 
 

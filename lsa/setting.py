@@ -317,22 +317,26 @@ def _host() -> Any:
     return jax.default_device(jax.devices("cpu")[0])
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=512)
+def _draw(seed: int, d: int, what: Literal["Lambda", "Theta"]) -> np.ndarray:
+    """The Haar rotation of Lambda (`k_Lambda`) or Theta (`k_Theta`) of a seed, read-only."""
+    require_x64(f"lsa.Setting (drawing {what})")
+    keys = _keys(seed)
+    with _host():
+        if what == "Lambda":
+            out = np.asarray(random_orthogonal(keys.Lambda, d), dtype=np.float64)
+        else:
+            out = np.asarray(random_theta(keys.Theta, d), dtype=np.float64)
+    out.setflags(write=False)
+    return out
+
+
 def _rotation(seed: int, d: int) -> np.ndarray:
-    require_x64("lsa.Setting (drawing Lambda's rotation)")
-    with _host():
-        Q = np.asarray(random_orthogonal(_keys(seed).Lambda, d), dtype=np.float64)
-    Q.setflags(write=False)
-    return Q
+    return _draw(seed, d, "Lambda")
 
 
-@functools.lru_cache(maxsize=256)
 def _theta(seed: int, d: int) -> np.ndarray:
-    require_x64("lsa.Setting (drawing Theta)")
-    with _host():
-        Th = np.asarray(random_theta(_keys(seed).Theta, d), dtype=np.float64)
-    Th.setflags(write=False)
-    return Th
+    return _draw(seed, d, "Theta")
 
 
 @functools.lru_cache(maxsize=256)
