@@ -141,3 +141,21 @@ def test_reproduce_quick(tmp_path, capsys):
         "risk_mc.csv",
     ):
         assert (out / name).exists(), name
+
+
+def test_check_group_writes_report(tmp_path, capsys):
+    """`lsa check learning-curve` runs g1 on the setting of the options and writes its report,
+    results (with provenance) and figure."""
+    out = tmp_path / "c"
+    assert main(["check", "learning-curve", "--d", "3", "--N", "6", "--out", str(out)]) == 0
+    res = json.loads((out / "check_learning_curve_results.json").read_text())
+    assert res["setting"]["d"] == 3 and res["checks"][0]["id"] == "g1"
+    assert res["checks"][0]["verdict"] == "PASS"
+    assert "versions" in res["provenance"]
+    assert (out / "learning_curve.png").exists()
+    assert "g1" in (out / "check_learning_curve_report.md").read_text()
+
+
+def test_check_unknown_group(tmp_path, capsys):
+    assert main(["check", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown check group 'nope'" in capsys.readouterr().err

@@ -17,6 +17,7 @@ SUBCOMMANDS = (
     "simulations.cli.train",
     "simulations.cli.shift",
     "simulations.cli.scan",
+    "simulations.cli.check",
 )
 
 

@@ -30,7 +30,7 @@ from ..provenance import provenance, write_json
 #: The suites run after the core checks, by module name; each module exposes
 #: `run_suite(setting, out, quick=..., log=..., flow=...) -> (checks, figure paths, tables)`;
 #: `flow` is the core suite's solve of the same setting, shared.
-SUITES: tuple[str, ...] = ("simulations.checks.shift",)
+SUITES: tuple[str, ...] = ("simulations.checks.shift", "simulations.checks.learning_curve")
 
 
 class _Renamed(argparse.Action):
@@ -80,7 +80,11 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="smaller Monte Carlo and empirical-flow sizes (smoke run)",
     )
-    p.add_argument("--only-core", action="store_true", help="skip the distribution-shift suite")
+    p.add_argument(
+        "--only-core",
+        action="store_true",
+        help="skip the extra suites (distribution shift, learning curve)",
+    )
     p.set_defaults(func=run)
 
 
