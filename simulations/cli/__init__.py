@@ -18,6 +18,7 @@ SUBCOMMANDS = (
     "simulations.cli.shift",
     "simulations.cli.scan",
     "simulations.cli.check",
+    "simulations.cli.transformer",
 )
 
 

@@ -1,0 +1,11 @@
+"""Trained softmax transformers in torch beside the LSA theory (issue 11).
+
+Needs the `transformer` extra (`pip install ".[transformer]"`: the CPU build of torch). Nothing
+else in lsa-flow imports this package: `import simulations` and `lsa reproduce` work without
+torch; `lsa transformer` imports it when it runs.
+
+- `model`: `GPT2Regressor` (Garg et al.'s reading of a prompt, torch's own transformer blocks)
+  and `TorchLSA` (ZFB's single LSA layer in torch, tested against `lsa` to 1e-12);
+- `train`: `TransformerConfig` and `train` (deterministic, resumable after SIGKILL);
+- `experiments`: ZFB Figure 1 against OLS, the zero predictor and the trained LSA's risk.
+"""
