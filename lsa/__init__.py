@@ -17,6 +17,7 @@ from .flow import (
     empirical_flow,
     gradient_flow,
 )
+from .full_loss import full_population_loss, full_population_risk
 from .loss import (
     PromptStats,
     QuadraticLoss,
@@ -76,6 +77,8 @@ __all__ = [
     "empirical_predict",
     "flow",
     "from_reduced",
+    "full_population_loss",
+    "full_population_risk",
     "gamma_matrix",
     "get_precision",
     "gradient_flow",

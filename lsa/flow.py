@@ -33,6 +33,10 @@ solver (default Tsit5); it is the independent cross-check and the benchmark base
 **Empirical flow** (`empirical_flow`): all `2 (d+1)^2` entries of `(W_PV, W_KQ)` under the
 empirical loss over a fixed prompt set, from any start, computed from per-prompt statistics.
 
+**Full-entry population flow** (`full_population_flow`, `lsa.full_flow`): all `2 (d+1)^2`
+entries under the exact population loss of `lsa.full_loss` (Wick, docs/full_loss.md), from any
+start; from Assumption 3.3 it is the reduced flow.
+
 Units. Scaling Lambda by c (same Theta, sigma the same fraction of sigma_max) is an exact
 reparametrisation, `u(t) = c^{-1/2} u~(c^2 t)`. The solve therefore runs in units where
 `tr(Lambda)/d = 1` (`lsa._problem`, the problem builder shared with `lsa.batch`): Lambda, u, U
@@ -90,6 +94,7 @@ from ._options import (
     _resolve_method,
 )
 from ._validate import check_covariance, check_length, check_square, warn_sigma
+from .full_flow import FullFlowResult, full_population_flow
 from .loss import (
     gamma_matrix,
     population_loss,
@@ -108,9 +113,11 @@ __all__ = [
     "FlowError",
     "FlowOptions",
     "FlowResult",
+    "FullFlowResult",
     "empirical_flow",
     "enable_exported_solves",
     "exp_sum",
+    "full_population_flow",
     "gradient_flow",
     "reduced_vector_field",
 ]
