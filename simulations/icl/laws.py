@@ -252,6 +252,17 @@ class CovariateLaw(eqx.Module):
         the draw projected by `OrthogonalQuery`, and the ILWD probe points."""
         return self.sample(key, n, 1)[:, 0, :]
 
+    def sample_prompt(
+        self, kx: PRNGKeyArray, kq: PRNGKeyArray, n: int, M: int, query: QueryLaw
+    ) -> tuple[Float[Array, "n M d"], Float[Array, "n d"]]:
+        """The in-context inputs (from `kx`) and the query (from `kq`) of `n` prompts of length
+        `M`, as `TestDistribution` draws them: by default `sample(kx, n, M)`, then
+        `query.sample(kq, X, self)`. A law whose prompts carry a random parameter that the
+        query must share (a covariance drawn per prompt,
+        `simulations.icl.random_covariance.RandomCovarianceCovariates`) overrides it."""
+        X = self.sample(kx, n, M)
+        return X, query.sample(kq, X, self)
+
     @abc.abstractmethod
     def second_moment(self) -> Float[np.ndarray, "d d"]:
         """`Lambda_x = E[x_i x_i^T]` of one in-context input."""

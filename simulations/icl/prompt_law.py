@@ -158,10 +158,11 @@ class TestDistribution(eqx.Module):
         """The sampler itself: pure JAX, any key, `n` and `M` static (validated by the caller).
 
         The key layout is that of `lsa.PromptDistribution.sample` (`kx, kq, kw, ke, keq`), so the
-        training law draws the same prompts here and there."""
+        training law draws the same prompts here and there. The inputs and the query come from
+        `covariates.sample_prompt` (the query from `kq`; a covariate law with a per-prompt
+        random covariance draws the query from the prompt's own covariance there)."""
         kx, kq, kw, ke, keq = jax.random.split(key, 5)
-        X = self.covariates.sample(kx, n, M)
-        x_q = self.query.sample(kq, X, self.covariates)
+        X, x_q = self.covariates.sample_prompt(kx, kq, n, M, self.query)
         w = self.task.sample(kw, n)
         eps = self.noise_std * jax.random.normal(ke, (n, M), _F64)
         y = jnp.einsum("nmd,nd->nm", X, w) + eps
