@@ -102,6 +102,7 @@ from .loss import (
 from .model import from_reduced
 from .precision import require_x64
 from .prompts import Init
+from .random_covariance import RandomCovarianceFlowResult, random_covariance_flow
 
 __all__ = [
     "METHODS",
@@ -114,11 +115,13 @@ __all__ = [
     "FlowOptions",
     "FlowResult",
     "FullFlowResult",
+    "RandomCovarianceFlowResult",
     "empirical_flow",
     "enable_exported_solves",
     "exp_sum",
     "full_population_flow",
     "gradient_flow",
+    "random_covariance_flow",
     "reduced_vector_field",
 ]
 

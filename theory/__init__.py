@@ -8,9 +8,14 @@ ICLR 2023). Plain numpy/scipy float64; this package never imports `lsa` or `simu
 - `theory.risk`: test risks of the trained layer and of predictors linear in h, distribution
   shifts and baselines (theory.md §6–§8);
 - `theory.metrics`: Akyürek et al.'s SPD and ILWD for predictors linear in h, and GD as one
-  (theory.md §11).
+  (theory.md §11);
+- `theory.random_covariance`: training on random covariances, ZFB Thm 4.5 (theory.md §9);
+- `theory.learning_curve`: the closed-form isotropic learning curve and escape time [DERIVED];
+- `theory.deep`: exact Wishart moments and the optimal step sizes of deep scalar-step stacks
+  (issue 10; Akyürek et al., Ahn et al.).
 """
 
+from theory import deep, learning_curve, random_covariance
 from theory.global_min import (
     conserved_quantity,
     gamma,
@@ -31,7 +36,27 @@ from theory.global_min import (
     sigma_max,
     u_min,
 )
+from theory.learning_curve import isotropic_escape_time, isotropic_learning_curve
 from theory.metrics import gd_G, ilwd_linear, spd_linear
+from theory.random_covariance import (
+    EXP1_MOMENTS,
+    average_implicit_map,
+    fixed_test_risk,
+    fixed_trained_random_risk,
+    one_third_statements,
+    random_covariance_coefficients,
+    random_covariance_limit_risk,
+    random_covariance_limits,
+    random_covariance_loss,
+    random_covariance_min_loss,
+    random_covariance_minimum,
+    random_covariance_risk,
+    random_test_risk,
+    random_trained_fixed_risk,
+    regression_slope,
+    risk_per_dimension,
+    theorem45_sigma_bounds,
+)
 from theory.risk import (
     corollary43_epsilon,
     covariate_scaling_limit,
@@ -58,18 +83,26 @@ from theory.risk import (
 )
 
 __all__ = [
+    "EXP1_MOMENTS",
+    "average_implicit_map",
     "conserved_quantity",
     "corollary43_epsilon",
     "covariate_scaling_limit",
     "covariate_scaling_risk",
     "covariate_scaling_risk_isotropic",
     "covariate_shift_risk",
+    "deep",
     "fixed_task_risk",
+    "fixed_test_risk",
+    "fixed_trained_random_risk",
     "gamma",
     "gd_G",
     "ilwd_linear",
     "init_loss_bound",
+    "isotropic_escape_time",
+    "isotropic_learning_curve",
     "isotropic_limit",
+    "learning_curve",
     "limit_reduced",
     "limit_weights",
     "linearised_rates",
@@ -80,18 +113,31 @@ __all__ = [
     "mu_min",
     "noisy_training_minimiser",
     "ols_risk",
+    "one_third_statements",
     "optimal_preconditioner",
     "pl_constant",
     "pl_envelope",
     "plateau_escape_time",
     "prompt_moment",
     "query_shift_risk",
+    "random_covariance",
+    "random_covariance_coefficients",
+    "random_covariance_limit_risk",
+    "random_covariance_limits",
+    "random_covariance_loss",
+    "random_covariance_min_loss",
+    "random_covariance_minimum",
+    "random_covariance_risk",
+    "random_test_risk",
+    "random_trained_fixed_risk",
     "reduced_loss",
     "reduced_loss_grad",
+    "regression_slope",
     "risk",
     "risk_floor",
     "risk_isotropic",
     "risk_limit_large_N",
+    "risk_per_dimension",
     "shift_risk",
     "shift_risk_limit",
     "sigma_max",
@@ -99,6 +145,7 @@ __all__ = [
     "task_shift_risk",
     "theorem42_average_bound",
     "theorem42_risk",
+    "theorem45_sigma_bounds",
     "trained_prediction",
     "u_min",
 ]
