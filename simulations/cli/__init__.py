@@ -19,6 +19,7 @@ SUBCOMMANDS = (
     "simulations.cli.scan",
     "simulations.cli.check",
     "simulations.cli.transformer",
+    "simulations.cli.deep",
 )
 
 

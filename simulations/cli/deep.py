@@ -1,0 +1,61 @@
+"""`lsa deep`: checks d1-d5 of deep LSA stacks and the linear versions of Akyürek et al.'s depth
+and noise transitions (docs/deep.md §4-§5; `simulations.checks.deep`).
+
+Writes to the output folder: the tables `deep/*.csv` (scalar-family flow, Monte Carlo risk,
+SPD against depth, best-fit ridge per depth and noise, risk against depth, the noise heat map),
+the figures `deep_spd_depth.png` and `deep_noise_heatmap.png` (drawn from the tables),
+`deep_report.md` and `deep_results.json`. Exits with status 1 if a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from ..provenance import provenance, write_json
+from .reproduce import add_setting_arguments, format_table, setting_from_args
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "deep",
+        help="deep LSA stacks: GD identity, Gram route, scalar flow, GD/ridge/OLS transitions",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_setting_arguments(p)
+    p.add_argument("--quick", action="store_true", help="1/10 of the Monte Carlo sizes")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..checks.deep import run_suite  # heavy imports only when needed
+
+    setting = setting_from_args(args)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    print(f"lsa deep: d = 8, n = 40, L = 1..4, seed = {setting.seed}"
+          f"{' (quick)' if args.quick else ''} -> {out}/")  # fmt: skip
+    checks, figures, tables = run_suite(setting, out, quick=args.quick)
+    seconds = time.perf_counter() - t0
+    print(format_table(checks))
+    n_fail = sum(not c.passed for c in checks)
+    lines = ["# lsa deep", "", f"{len(checks) - n_fail}/{len(checks)} checks passed in "
+             f"{seconds:.1f} s.", "", "| id | statement | predicted | simulated | error | tol | "
+             "verdict |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for c in checks:
+        verdict = "PASS" if c.passed else "FAIL"
+        lines.append(f"| {c.id} | {c.statement} | {c.predicted:.6g} | {c.simulated:.6g} | "
+                     f"{c.error:.2e} | {c.tolerance:g} | {verdict} |")  # fmt: skip
+    lines += ["", "## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures]
+    (out / "deep_report.md").write_text("\n".join(lines) + "\n")
+    payload = {"quick": args.quick, "tables": tables, "seconds": seconds}
+    write_json(out / "deep_results.json", {**payload, "provenance": provenance()})
+    print(
+        f"{len(checks) - n_fail}/{len(checks)} checks passed in {seconds:.1f} s; wrote "
+        f"{len(figures)} figures, deep_report.md and deep_results.json to {out}/"
+    )
+    return 1 if n_fail else 0

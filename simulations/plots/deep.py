@@ -1,0 +1,65 @@
+"""Figures of the deep-stack transitions (docs/deep.md §5), drawn from the saved tables only:
+SPD against depth, one line per reference predictor (the linear analogue of Akyürek et al.
+Figure 3), and the stack x noise heat map of SPD to the Bayes ridge predictors (Figure 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+
+from .figures import STYLE, _save, _subplots
+
+__all__ = ["plot_noise_heatmap", "plot_spd_depth"]
+
+
+def plot_spd_depth(spd: pd.DataFrame, fits: pd.DataFrame, path: Path) -> Path:
+    """Left: SPD (per dimension) of the trained stack against depth L, one line per reference
+    predictor (columns `L`, `reference`, `spd`, `se`). Right: the best-fit ridge lambda against
+    depth (columns `L`, `best_lambda`), the noiseless rows."""
+    with matplotlib.rc_context(STYLE):
+        fig, (ax1, ax2) = _subplots(1, 2, figsize=(10, 3.8))
+        for k, (ref, tab) in enumerate(spd.groupby("reference", sort=False)):
+            tab = tab.sort_values("L")
+            ax1.errorbar(tab["L"], tab["spd"], yerr=tab["se"], marker="o", ms=4, capsize=2,
+                         color=f"C{k}", label=str(ref))  # fmt: skip
+        ax1.set_yscale("log")
+        ax1.set_xlabel("depth L (layers)")
+        ax1.set_ylabel("SPD / d")
+        ax1.set_xticks(sorted(spd["L"].unique()))
+        ax1.legend(frameon=False, fontsize=8)
+        ax1.set_title("trained stack vs reference predictors")
+        f = fits.sort_values("L")
+        ax2.semilogy(f["L"], f["best_lambda"], "o-", color="C3")
+        ax2.set_xlabel("depth L (layers)")
+        ax2.set_ylabel("best-fit ridge λ (min SPD)")
+        ax2.set_xticks(sorted(f["L"].unique()))
+        ax2.set_title("GD → ridge → OLS: best-fit λ falls with depth")
+        return _save(fig, path)
+
+
+def plot_noise_heatmap(heat: pd.DataFrame, path: Path) -> Path:
+    """SPD / d between the stack trained at noise (sigma/tau)^2 (columns) and the Bayes ridge
+    predictor for noise nu' (rows), one panel per depth in the table (columns `L`, `noise`,
+    `bayes_noise`, `spd`); the minimum of each column is marked."""
+    Ls = sorted(heat["L"].unique())
+    with matplotlib.rc_context(STYLE):
+        fig, axes = _subplots(1, len(Ls), figsize=(3.6 * len(Ls) + 0.8, 3.6), squeeze=False)
+        for ax, L in zip(axes[0], Ls, strict=True):
+            tab = heat[heat["L"] == L].pivot(index="bayes_noise", columns="noise", values="spd")
+            v = np.log10(tab.to_numpy())
+            im = ax.imshow(v, origin="lower", cmap="viridis", aspect="auto")
+            labels = [f"{x:.3g}" for x in tab.columns]
+            ax.set_xticks(range(len(labels)), labels, fontsize=7)
+            ax.set_yticks(range(len(tab.index)), [f"{x:.3g}" for x in tab.index], fontsize=7)
+            for j in range(v.shape[1]):
+                i = int(np.argmin(v[:, j]))
+                ax.plot(j, i, "r*", ms=9)
+            ax.set_xlabel("training noise (σ/τ)²")
+            ax.set_ylabel("BayesRidge λ = (σ'/τ)²")
+            ax.set_title(f"L = {L}: log10 SPD / d")
+            ax.grid(False)
+            fig.colorbar(im, ax=ax, fraction=0.046)
+        return _save(fig, path)
