@@ -1,5 +1,7 @@
 """`lsa transformer`: train two GPT-2-style transformers (Lambda = I and random Exp(1)
-covariances) and draw ZFB's Figure 1 beside OLS, the zero predictor and the trained LSA.
+covariances), draw ZFB's Figure 1 beside OLS, the zero predictor and the trained LSA, and
+compare them with the in-context algorithms (Garg et al.'s catalogue, Akyürek et al.'s SPD and
+ILWD) and probe their hidden states (issue 11 §2; `docs/transformer.md`).
 
 Needs the `transformer` extra (`pip install ".[transformer]"`, the CPU build of torch); torch is
 imported only when this command runs.
@@ -21,8 +23,15 @@ Output directory (default `runs/transformer-<preset>`):
   c diag(Exp(1)), c in {1, 4, 9} (ZFB Figure 1);
 - `covariate_scale.csv`, `covariate_scale.png`: error/d at M = N against the covariate scale
   x -> s x, s in [1/3, 3];
+- `garg.csv`, `garg.png`: error/d against M for the transformers, OLS, ridge, averaging, 3-NN,
+  GD and the LSA limits, one panel per entry of Garg et al.'s catalogue (quick: 7 entries);
+- `akyurek.csv`, `akyurek.png`: SPD and ILWD of each transformer against each reference, by M;
+- `probing.csv`, `probing.png`: held-out R² of linear probes for w, X^T y and <w, x_q> on every
+  layer's hidden state at the query token, with a randomly initialised control;
 - `summary.json`: presets, configurations, final training losses, timings, evaluation seeds and
   provenance.
+
+`--experiments` runs a subset of figure1, garg, akyurek, probing (all by default).
 """
 
 from __future__ import annotations
@@ -48,6 +57,23 @@ MODEL_SIZE: dict[str, dict[str, Any]] = {
             "device": "cuda"},
 }  # fmt: skip
 EVAL_PROMPTS = {"quick": 1000, "default": 4000, "gpu": 4000}
+#: Sizes of the Garg, Akyürek and probing evaluations. `quick` keeps them to about a minute on
+#: a busy 2-core CPU: Garg on the catalogue entries whose every M comes from one prompt (the
+#: prompt-dependent queries need a compiled kernel per M), fewer prompts.
+ICL_EVAL: dict[str, dict[str, Any]] = {
+    "quick": {"garg_evals": ("standard", "skewed", "half_subspace", "scale-x=0.333",
+                             "scale-x=3", "scale-y=3", "noisyLR"),
+              "garg_prompts": 300, "aky_Ms": (1, 3, 5, 10, 20, 30, 40), "aky_prompts": 200,
+              "probe_train": 2000, "probe_test": 2000},
+    "default": {"garg_evals": None, "garg_prompts": 2000,
+                "aky_Ms": (1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 25, 30, 35, 40),
+                "aky_prompts": 1000, "probe_train": 8000, "probe_test": 10_000},
+    "gpu": {"garg_evals": None, "garg_prompts": 2000,
+            "aky_Ms": (1, 2, 4, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60),
+            "aky_prompts": 1000, "probe_train": 8000, "probe_test": 10_000},
+}  # fmt: skip
+EXPERIMENTS = ("figure1", "garg", "akyurek", "probing")
+CONTROL = "control: random initialisation"
 TRAINED_ON = ("identity", "random")
 LABEL = {"identity": "transformer, trained on Λ = I", "random": "transformer, random Λ"}
 LSA_LABEL = {"identity": "LSA (exact), trained on Λ = I", "random": "LSA (exact), random Λ"}
@@ -68,6 +94,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="training seed (weights and data)")
     p.add_argument("--eval-seed", type=int, default=2024, help="seed of the evaluation prompts")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--experiments",
+        default=",".join(EXPERIMENTS),
+        help=f"comma-separated subset of {','.join(EXPERIMENTS)} (default: all)",
+    )
     p.set_defaults(func=run)
 
 
@@ -137,33 +168,19 @@ def run(args: argparse.Namespace) -> int:
         models[LABEL[cov]] = model
         results[cov] = json.loads((out / "runs" / cov / "result.json").read_text())
     d, N, M_max = size["d"], size["N"], size["M_max"]
-    lsa_trained = {LSA_LABEL[c]: c for c in TRAINED_ON}
-    lsa_colors = {LSA_LABEL[c]: LSA_COLOR[c] for c in TRAINED_ON}
-    n_eval = EVAL_PROMPTS[preset]
-    t1 = time.perf_counter()
+    chosen = [e.strip() for e in args.experiments.split(",") if e.strip()]
+    unknown = sorted(set(chosen) - set(EXPERIMENTS))
+    if unknown:
+        raise ValueError(f"unknown experiments {unknown}; choose from {', '.join(EXPERIMENTS)}.")
     torch.set_num_threads(1)
-    fig1 = ex.figure1_table(models, lsa_trained, d=d, N=N, M_max=M_max, n_prompts=n_eval,
-                            eval_seed=args.eval_seed)  # fmt: skip
-    scale = ex.covariate_scale_table(models, lsa_trained, d=d, N=N, M_max=M_max,
-                                     n_prompts=n_eval, eval_seed=args.eval_seed + 1)  # fmt: skip
-    t_eval = time.perf_counter() - t1
-    fig1.to_csv(out / "figure1.csv", index=False)
-    scale.to_csv(out / "covariate_scale.csv", index=False)
     n_params = results["identity"]["n_parameters"]
-    caption = (
+    model_caption = (
         f"GPT-2-style, width {size['width']}, {size['layers']} layers, {size['heads']} heads, "
         f"{n_params} parameters, {size['steps']} Adam steps (batch {size['batch']}, lr "
         f"{size['lr']:g}), d = {d}, N = {N}, M_max = {M_max}; final training loss "
         + ", ".join(f"{c}: {results[c]['final_loss']:.3f}" for c in TRAINED_ON)
-        + f". {n_eval} prompts per point, eval seed {args.eval_seed}; bars: 90%."
     )
-    fig = ex.plot_figure1(fig1, N=N, caption=caption, lsa_colors=lsa_colors)
-    fig.savefig(out / "figure1.png", dpi=130)
-    plt.close(fig)
-    fig = ex.plot_covariate_scale(scale, N=N, caption=caption, lsa_colors=lsa_colors)
-    fig.savefig(out / "covariate_scale.png", dpi=130)
-    plt.close(fig)
-    summary = {
+    summary: dict[str, Any] = {
         "preset": preset,
         "size": size,
         "configs": {c: configs[c].model_dump(mode="json") for c in TRAINED_ON},
@@ -182,18 +199,138 @@ def run(args: argparse.Namespace) -> int:
             }
             for c in TRAINED_ON
         },
-        "evaluation": {
-            "n_prompts": n_eval,
-            "figure1_eval_seed": args.eval_seed,
-            "covariate_scale_eval_seed": args.eval_seed + 1,
-            "lsa_risk": "theory.random_covariance (exact, no Monte Carlo)",
-        },
-        "wall_s": {"train": t_train, "evaluate": t_eval},
-        "provenance": provenance(),
+        "evaluation": {},
+        "wall_s": {"train": t_train},
     }
+    fig1 = None
+    if "figure1" in chosen:
+        lsa_trained = {LSA_LABEL[c]: c for c in TRAINED_ON}
+        lsa_colors = {LSA_LABEL[c]: LSA_COLOR[c] for c in TRAINED_ON}
+        n_eval = EVAL_PROMPTS[preset]
+        t1 = time.perf_counter()
+        fig1 = ex.figure1_table(models, lsa_trained, d=d, N=N, M_max=M_max, n_prompts=n_eval,
+                                eval_seed=args.eval_seed)  # fmt: skip
+        scale = ex.covariate_scale_table(models, lsa_trained, d=d, N=N, M_max=M_max,
+                                         n_prompts=n_eval,
+                                         eval_seed=args.eval_seed + 1)  # fmt: skip
+        summary["wall_s"]["evaluate"] = time.perf_counter() - t1
+        fig1.to_csv(out / "figure1.csv", index=False)
+        scale.to_csv(out / "covariate_scale.csv", index=False)
+        caption = model_caption + (
+            f". {n_eval} prompts per point, eval seed {args.eval_seed}; bars: 90%."
+        )
+        fig = ex.plot_figure1(fig1, N=N, caption=caption, lsa_colors=lsa_colors)
+        fig.savefig(out / "figure1.png", dpi=130)
+        plt.close(fig)
+        fig = ex.plot_covariate_scale(scale, N=N, caption=caption, lsa_colors=lsa_colors)
+        fig.savefig(out / "covariate_scale.png", dpi=130)
+        plt.close(fig)
+        summary["evaluation"].update(
+            {
+                "n_prompts": n_eval,
+                "figure1_eval_seed": args.eval_seed,
+                "covariate_scale_eval_seed": args.eval_seed + 1,
+                "lsa_risk": "theory.random_covariance (exact, no Monte Carlo)",
+            }
+        )
+    control = None
+    if "probing" in chosen:
+        from simulations.transformer.train import build_model
+
+        control = build_model(configs["identity"])  # the identity model's initial weights
+    icl = _icl_experiments(chosen, models, control, preset, d, N, M_max, args.eval_seed,
+                           model_caption, out, summary["wall_s"])  # fmt: skip
+    summary["evaluation"].update(icl)
+    summary["provenance"] = provenance()
     write_json(out / "summary.json", summary)
-    _print_summary(fig1, d, N, M_max, out)
+    if fig1 is not None:
+        _print_summary(fig1, d, N, M_max, out)
     return 0
+
+
+def _icl_experiments(
+    chosen: list[str],
+    models: dict[str, Any],
+    control: Any,
+    preset: str,
+    d: int,
+    N: int,
+    M_max: int,
+    eval_seed: int,
+    model_caption: str,
+    out: Path,
+    wall: dict[str, float],
+) -> dict[str, Any]:
+    """Garg et al.'s catalogue, Akyürek et al.'s SPD/ILWD and the probes (issue 11 §2): tables
+    (CSV) first, then figures drawn from the CSVs read back. Returns their evaluation record."""
+    import pandas as pd
+
+    from simulations.transformer import comparisons as cmp
+    from simulations.transformer import figures as tfig
+    from simulations.transformer import probing
+    from simulations.transformer.bridge import TorchPredictor
+
+    size = ICL_EVAL[preset]
+    subjects = {name: TorchPredictor(m, name) for name, m in models.items()}
+    refs = cmp.reference_predictors(d, N)
+    seeds = {"garg": eval_seed + 2, "akyurek": eval_seed + 3, "probe_train": eval_seed + 4,
+             "probe_test": eval_seed + 5}  # fmt: skip
+    record: dict[str, Any] = {}
+    if "garg" in chosen:
+        t = time.perf_counter()
+        table = cmp.garg_table(subjects, refs, d=d, M_max=M_max, evals=size["garg_evals"],
+                               n_prompts=size["garg_prompts"], eval_seed=seeds["garg"],
+                               catalogue_seed=0)  # fmt: skip
+        wall["garg"] = time.perf_counter() - t
+        table.to_csv(out / "garg.csv", index=False)
+        caption = model_caption + (
+            f". Garg et al.'s catalogue (simulations.icl.catalogue.garg_catalogue, bases from "
+            f"PRNGKey(0)); {size['garg_prompts']} prompts per entry, eval seed {seeds['garg']} "
+            "(entry e: fold_in(PRNGKey(seed), e)); bands: 90%. LSA: the layer at its "
+            "gradient-flow limit, as a predictor (dotted)."
+        )
+        tfig.plot_garg(pd.read_csv(out / "garg.csv"), out / "garg.png", caption=caption)
+        record["garg"] = {"evals": list(dict.fromkeys(table["eval"])),
+                          "n_prompts": size["garg_prompts"], "eval_seed": seeds["garg"],
+                          "catalogue_seed": 0}  # fmt: skip
+    if "akyurek" in chosen:
+        t = time.perf_counter()
+        table = cmp.akyurek_table(subjects, refs, d=d, Ms=size["aky_Ms"],
+                                  n_prompts=size["aky_prompts"],
+                                  eval_seed=seeds["akyurek"])  # fmt: skip
+        wall["akyurek"] = time.perf_counter() - t
+        table.to_csv(out / "akyurek.csv", index=False)
+        caption = model_caption + (
+            f". Test law x, w ~ N(0, I), noiseless; {size['aky_prompts']} contexts per M, "
+            f"{2 * d} probe inputs each, eval seed {seeds['akyurek']}; divided by d; bars: 90%."
+        )
+        tfig.plot_akyurek(pd.read_csv(out / "akyurek.csv"), out / "akyurek.png", d=d,
+                          caption=caption)  # fmt: skip
+        record["akyurek"] = {"Ms": list(size["aky_Ms"]), "n_prompts": size["aky_prompts"],
+                             "n_probe": 2 * d, "eval_seed": seeds["akyurek"]}  # fmt: skip
+    if "probing" in chosen:
+        t = time.perf_counter()
+        table = probing.probe_table({**models, CONTROL: control}, d=d, M=N,
+                                    n_train=size["probe_train"], n_test=size["probe_test"],
+                                    train_seed=seeds["probe_train"],
+                                    eval_seed=seeds["probe_test"])  # fmt: skip
+        wall["probing"] = time.perf_counter() - t
+        table.to_csv(out / "probing.csv", index=False)
+        caption = model_caption + (
+            f". Ridge probes (lam = 1e-3 per example, standardised features) on the hidden "
+            f"state at the query token, M = {N} examples, x, w ~ N(0, I); "
+            f"{size['probe_train']} training prompts (seed {seeds['probe_train']}), "
+            f"{size['probe_test']} held-out (seed {seeds['probe_test']}); bars: 90%. Control "
+            "(dashed): the same architecture at its random initialisation (the Λ = I model's "
+            "starting weights), probed the same way."
+        )
+        tfig.plot_probes(pd.read_csv(out / "probing.csv"), out / "probing.png", control=CONTROL,
+                         caption=caption)  # fmt: skip
+        record["probing"] = {"M": N, "n_train": size["probe_train"],
+                             "n_test": size["probe_test"], "train_seed": seeds["probe_train"],
+                             "test_seed": seeds["probe_test"], "lam": 1e-3,
+                             "control": "random initialisation (the Λ = I run's seed)"}  # fmt: skip
+    return record
 
 
 def _print_summary(table: Any, d: int, N: int, M_max: int, out: Path) -> None:

@@ -7,5 +7,9 @@ torch; `lsa transformer` imports it when it runs.
 - `model`: `GPT2Regressor` (Garg et al.'s reading of a prompt, torch's own transformer blocks)
   and `TorchLSA` (ZFB's single LSA layer in torch, tested against `lsa` to 1e-12);
 - `train`: `TransformerConfig` and `train` (deterministic, resumable after SIGKILL);
-- `experiments`: ZFB Figure 1 against OLS, the zero predictor and the trained LSA's risk.
+- `experiments`: ZFB Figure 1 against OLS, the zero predictor and the trained LSA's risk;
+- `bridge`: `TorchPredictor`, the torch model as a `simulations.icl` predictor;
+- `comparisons`: Garg et al.'s catalogue and Akyürek et al.'s SPD / ILWD against the references;
+- `probing`: linear probes of every layer's hidden state at the query token;
+- `figures`: the figures of the last two, drawn from their tables.
 """
