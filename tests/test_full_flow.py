@@ -29,7 +29,8 @@ def _lam(d: int, kappa: float, trace: float, seed: int) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("d", "N", "kappa", "trace", "seed"),
-    [(2, 3, 5.0, 0.05, 1), (4, 7, 30.0, 50.0, 2), (6, 2, 10.0, 6.0, 3)],
+    # d = 5 at tr Lambda = d is check fe5 (tests/test_full_entry_checks.py)
+    [(2, 3, 5.0, 0.05, 1), (4, 7, 30.0, 50.0, 2)],
 )
 def test_equals_reduced_flow_from_paper_init(d, N, kappa, trace, seed):
     Lam = _lam(d, kappa, trace, seed)
@@ -80,7 +81,7 @@ def test_unused_entries_keep_their_start(rng):
 # dense starts: an independent integrator; monotone loss; stationarity at the end
 
 
-@pytest.mark.parametrize(("d", "N", "seed"), [(2, 2, 11), (3, 5, 12)])
+@pytest.mark.parametrize(("d", "N", "seed"), [(3, 5, 12)])
 def test_dense_start_against_scipy_radau(d, N, seed):
     Lam = _lam(d, 8.0, 20.0, seed)
     r = np.random.default_rng(seed)
