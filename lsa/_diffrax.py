@@ -139,3 +139,21 @@ def _checks_without_callbacks() -> Iterator[None]:
 def _progress_meter(progress: bool) -> diffrax.AbstractProgressMeter:
     # tqdm's meter calls back to the host at every step: only when asked for.
     return diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter()
+
+
+def failure_status(result: Any) -> str:
+    """The status code (`lsa._options.STATUS`) of a diffrax result that is neither success
+    nor an event: `max_steps`, `newton_failure` (the implicit solver's root find diverged,
+    hit its step cap, or met a singular or broken-down linear solve), `step_size_underflow`,
+    `non_finite`, else `solver_failure`. Shared by every flow of lsa; each checks its own
+    earlier conditions (non-finite state, events, fixed end, sign of u) first."""
+    R = diffrax.RESULTS
+    if result == R.max_steps_reached:
+        return "max_steps"
+    if result in (R.nonlinear_divergence, R.nonlinear_max_steps_reached, R.singular, R.breakdown):
+        return "newton_failure"
+    if result == R.dt_min_reached:
+        return "step_size_underflow"
+    if result == R.nonfinite:
+        return "non_finite"
+    return "solver_failure"

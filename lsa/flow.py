@@ -81,6 +81,7 @@ from ._diffrax import (
     _controller,
     _f64,
     _progress_meter,
+    failure_status,
 )
 from ._empirical import EmpiricalResult, empirical_flow
 from ._export import enable_exported_solves
@@ -539,15 +540,7 @@ def _outcome(sol: Any, final: np.ndarray, loss: np.ndarray, u_col: int, req: _Si
         return "t_end" if req.options.t_end is not None else "horizon"
     if final[u_col] * math.copysign(1.0, req.u0) <= 0:
         return "u_nonpositive"
-    if res == R.max_steps_reached:
-        return "max_steps"
-    if res in (R.nonlinear_divergence, R.nonlinear_max_steps_reached, R.singular, R.breakdown):
-        return "newton_failure"
-    if res == R.dt_min_reached:
-        return "step_size_underflow"
-    if res == R.nonfinite:
-        return "non_finite"
-    return "solver_failure"
+    return failure_status(res)
 
 
 _MESSAGES = {

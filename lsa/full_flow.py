@@ -47,7 +47,14 @@ import optimistix as optx
 from jaxtyping import ArrayLike, Float
 
 from . import _problem
-from ._diffrax import FlooredChord, _checks_without_callbacks, _controller, _f64, _progress_meter
+from ._diffrax import (
+    FlooredChord,
+    _checks_without_callbacks,
+    _controller,
+    _f64,
+    _progress_meter,
+    failure_status,
+)
 from ._options import STATUS_CODE, EigenMethod, FlowError
 from ._validate import check_covariance, check_length
 from .full_loss import _error_moment, pack_params, prediction_indices
@@ -371,12 +378,4 @@ def _outcome(sol: Any, ys: np.ndarray, loss: np.ndarray, has_t_end: bool) -> str
         return "converged"
     if res == R.successful:
         return "t_end" if has_t_end else "horizon"
-    if res == R.max_steps_reached:
-        return "max_steps"
-    if res in (R.nonlinear_divergence, R.nonlinear_max_steps_reached, R.singular, R.breakdown):
-        return "newton_failure"
-    if res == R.dt_min_reached:
-        return "step_size_underflow"
-    if res == R.nonfinite:
-        return "non_finite"
-    return "solver_failure"
+    return failure_status(res)

@@ -50,6 +50,7 @@ from ._diffrax import (
     _controller,
     _f64,
     _progress_meter,
+    failure_status,
 )
 from ._options import FlowError
 from ._validate import TheoremCoverageWarning, check_length, check_positive, check_square
@@ -533,15 +534,7 @@ def _status(sol: Any, final: np.ndarray, u0: float, fixed_end: bool) -> str:
         return "t_end" if fixed_end else "horizon"
     if final[-1] * math.copysign(1.0, u0) <= 0:
         return "u_nonpositive"
-    if res == R.max_steps_reached:
-        return "max_steps"
-    if res in (R.nonlinear_divergence, R.nonlinear_max_steps_reached, R.singular, R.breakdown):
-        return "newton_failure"
-    if res == R.dt_min_reached:
-        return "step_size_underflow"
-    if res == R.nonfinite:
-        return "non_finite"
-    return "solver_failure"
+    return failure_status(res)
 
 
 _MESSAGES = {

@@ -9,7 +9,7 @@ from scipy.optimize import minimize
 
 import lsa
 from simulations.checks import deep as cd
-from theory.deep import optimal_step_sizes, wishart_moments
+from theory.deep import noisy_optimal_step_sizes, optimal_step_sizes, wishart_moments
 
 lsa.set_precision("float64")
 
@@ -18,11 +18,11 @@ def test_noisy_optimum_reduces_and_minimises():
     d, N = 8, 40
     for L in (1, 2, 3):
         np.testing.assert_allclose(
-            cd.noisy_optimal_step_sizes(d, N, L, 0.0), optimal_step_sizes(d, N, L), rtol=1e-10
+            noisy_optimal_step_sizes(d, N, L, 0.0), optimal_step_sizes(d, N, L), rtol=1e-10
         )
     nu = 0.25
     np.testing.assert_allclose(
-        cd.noisy_optimal_step_sizes(d, N, 1, nu), [N / (N + d + 1 + nu)], rtol=1e-12
+        noisy_optimal_step_sizes(d, N, 1, nu), [N / (N + d + 1 + nu)], rtol=1e-12
     )
     # L = 2: a numerical minimiser of the risk written in the step sizes
     m = [float(x) for x in wishart_moments(d, N, 4)]
@@ -36,7 +36,7 @@ def test_noisy_optimum_reduces_and_minimises():
     best = minimize(
         risk, [0.5, 1.2], method="Nelder-Mead", options={"xatol": 1e-12, "fatol": 1e-15}
     )
-    np.testing.assert_allclose(np.sort(best.x), cd.noisy_optimal_step_sizes(d, N, 2, nu), atol=1e-6)
+    np.testing.assert_allclose(np.sort(best.x), noisy_optimal_step_sizes(d, N, 2, nu), atol=1e-6)
 
 
 def test_spectral_values_against_direct_formula():

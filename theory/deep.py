@@ -50,6 +50,7 @@ from theory._validate import check_int
 
 __all__ = [
     "format_polynomial",
+    "noisy_optimal_step_sizes",
     "optimal_looped_step",
     "optimal_polynomial",
     "optimal_risk",
@@ -370,3 +371,25 @@ def optimal_looped_step(d: int, N: int, L: int) -> float:
             break
         x -= p / dp
     return x
+
+
+def noisy_optimal_step_sizes(d: int, N: int, L: int, noise: float) -> np.ndarray:
+    """The optimal scalar steps of the masked sparse stack for isotropic x, w ~ N(0, I), label
+    noise variance `noise` (= (sigma/tau)^2 for w ~ N(0, tau^2 I)), clean target [DERIVED; L = 1
+    gives N / (N + d + 1 + noise), the noisy-training minimiser of theory.md §8.6]: the minimiser of
+    `sum_{i,j>=0} c_i c_j m_{i+j} + (noise/N) sum_{i,j>=1} c_i c_j m_{i+j-1}` over c_1..c_L, then
+    the reciprocal roots of q, sorted. Raises ValueError if a root is not real and positive."""
+    d = check_int(d, "d")
+    N = check_int(N, "N")
+    L = check_int(L, "L")
+    if not (np.isfinite(noise) and noise >= 0):
+        raise ValueError(f"`noise` must be a finite number >= 0; got {noise}.")
+    m = [float(x) for x in wishart_moments(d, N, 2 * L)]
+    idx = np.arange(1, L + 1)
+    H = np.array([[m[i + j] + noise / N * m[i + j - 1] for j in idx] for i in idx])
+    rhs = -np.array([m[i] for i in idx])  # the c_0 = 1 cross terms (the noise term has none)
+    c = np.concatenate([[1.0], np.linalg.solve(H, rhs)])
+    roots = np.roots(c[::-1])
+    if np.max(np.abs(roots.imag)) > 1e-9 * np.max(np.abs(roots)) or np.min(roots.real) <= 0:
+        raise ValueError(f"the optimal polynomial has non-real or non-positive roots: {roots}.")
+    return np.sort(1.0 / roots.real)

@@ -32,9 +32,9 @@ averaged over the Wishart eigenvalues s_k by `mc_means` (the one engine; d5 chec
 against full prompts). The trained stacks: for isotropic noiseless data the scalar-family optimum
 `optimal_step_sizes` is the exact trained limit of the scalar flow (d3); with label noise the
 scalar-family optimum minimises `tau^2 sum c_i c_j m_{i+j} + (sigma^2/N) sum_{i,j>=1} c_i c_j
-m_{i+j-1}` over the coefficients c of q (c_0 = 1): a linear solve in the exact moments (derived
-here, `noisy_optimal_step_sizes`; L = 1 gives N / (N + d + 1 + sigma^2/tau^2), the noisy-training
-minimiser of theory.md §8.6).
+m_{i+j-1}` over the coefficients c of q (c_0 = 1): a linear solve in the exact moments
+(`theory.deep.noisy_optimal_step_sizes`; L = 1 gives N / (N + d + 1 + sigma^2/tau^2), the
+noisy-training minimiser of theory.md §8.6).
 """
 
 from __future__ import annotations
@@ -60,10 +60,10 @@ from lsa.deep_empirical import (
 from lsa.deep_flow import scalar_family_flow
 from lsa.flow import FlowResult
 from theory.deep import (
+    noisy_optimal_step_sizes,
     optimal_looped_step,
     optimal_step_sizes,
     step_sizes_risk,
-    wishart_moments,
 )
 
 from ..icl.deep_predictor import scalar_stack
@@ -73,28 +73,12 @@ from ..icl.prompt_law import TestDistribution
 from ..plots.deep import plot_noise_heatmap, plot_spd_depth
 from .base import CheckResult
 
-__all__ = ["NOISES", "noisy_optimal_step_sizes", "run_suite", "spectral_values"]
+__all__ = ["NOISES", "run_suite", "spectral_values"]
 
 #: Label-noise levels (sigma / tau)^2 of Akyürek et al. Figure 2.
 NOISES = (0.0, 1 / 16, 1 / 9, 1 / 4, 4 / 9)
 D, N_CTX, DEPTHS = 8, 40, (1, 2, 3, 4)
 LAMBDAS = np.geomspace(1e-3, 1e2, 51)
-
-
-def noisy_optimal_step_sizes(d: int, N: int, L: int, noise: float) -> np.ndarray:
-    """The optimal scalar steps of the masked sparse stack for isotropic x, w ~ N(0, I), label
-    noise variance `noise` (= (sigma/tau)^2), clean target (module docstring): the minimiser of
-    `sum_{i,j>=0} c_i c_j m_{i+j} + (noise/N) sum_{i,j>=1} c_i c_j m_{i+j-1}` over c_1..c_L, then
-    the reciprocal roots of q, sorted. Raises ValueError if a root is not real and positive."""
-    m = [float(x) for x in wishart_moments(d, N, 2 * L)]
-    idx = np.arange(1, L + 1)
-    H = np.array([[m[i + j] + noise / N * m[i + j - 1] for j in idx] for i in idx])
-    rhs = -np.array([m[i] for i in idx])  # the c_0 = 1 cross terms (the noise term has none)
-    c = np.concatenate([[1.0], np.linalg.solve(H, rhs)])
-    roots = np.roots(c[::-1])
-    if np.max(np.abs(roots.imag)) > 1e-9 * np.max(np.abs(roots)) or np.min(roots.real) <= 0:
-        raise ValueError(f"the optimal polynomial has non-real or non-positive roots: {roots}.")
-    return np.sort(1.0 / roots.real)
 
 
 def _coeffs(a: tuple) -> np.ndarray:

@@ -27,7 +27,12 @@ from typing import Any
 
 from ..checks.base import CheckResult
 from ..provenance import provenance, write_json
-from .reproduce import add_setting_arguments, format_table, setting_from_args
+from .reproduce import (
+    add_setting_arguments,
+    format_table,
+    markdown_checks_table,
+    setting_from_args,
+)
 
 #: Group name -> module exposing `run_suite(setting, out, quick=..., log=..., flow=...)`.
 GROUPS: dict[str, str] = {
@@ -78,16 +83,8 @@ def markdown_report(
         f"{n_pass}/{len(checks)} checks passed in {seconds:.1f} s. Setting: "
         f"`{setting.model_dump(mode='json')}`.",
         "",
-        "| id | statement | reference | predicted | simulated | error | tolerance | verdict |",
-        "|---|---|---|---|---|---|---|---|",
+        *markdown_checks_table(checks),
     ]
-    for c in checks:
-        err = f"z = {c.error:+.2f}" if c.kind == "z" else f"{c.error:.3g}"
-        tol = f"abs(z) <= {c.tolerance:g}" if c.kind == "z" else f"{c.tolerance:.3g}"
-        out.append(
-            f"| {c.id} | {c.statement} | {c.reference} | {c.predicted:.10g} | "
-            f"{c.simulated:.10g} | {err} | {tol} | {'PASS' if c.passed else 'FAIL'} |"
-        )
     out += ["", "## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures]
     return "\n".join(out) + "\n"
 

@@ -126,6 +126,15 @@ def markdown_report(
         f"sigma = {setting.resolved_sigma_fraction} sigma_max, M in {list(sizes.M_values)}, "
         f"{sizes.mc_prompts} Monte Carlo prompts per row.",
         "",
+    ]
+    out += markdown_checks_table(checks)
+    out += ["", "## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures]
+    return "\n".join(out) + "\n"
+
+
+def markdown_checks_table(checks: list[CheckResult]) -> list[str]:
+    """The checks as markdown table lines (the reports of `lsa reproduce` and `lsa check`)."""
+    out = [
         "| id | statement | reference | predicted | simulated | error | tolerance | verdict |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -136,8 +145,7 @@ def markdown_report(
             f"| {c.id} | {c.statement} | {c.reference} | {c.predicted:.10g} | "
             f"{c.simulated:.10g} | {err} | {tol} | {'PASS' if c.passed else 'FAIL'} |"
         )
-    out += ["", "## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures]
-    return "\n".join(out) + "\n"
+    return out
 
 
 def write_core_outputs(data: dict[str, Any], meta: dict[str, Any], out: Path) -> list[Path]:
