@@ -193,6 +193,38 @@ def _check_open_unit(x: Any, name: str) -> float:
     return val
 
 
+def _check_options(t_end: Any, atol: Any, max_steps: Any, n_save: Any, margin: Any) -> None:
+    """`ValueError` naming the option for a bad end time, tolerance, budget, grid or margin."""
+    if t_end is not None and not (math.isfinite(float(t_end)) and float(t_end) > 0):
+        raise ValueError(f"`t_end` must be a finite number > 0; got {t_end!r}.")
+    if atol is not None and not (math.isfinite(float(atol)) and float(atol) > 0):
+        raise ValueError(f"`atol` must be a finite number > 0; got {atol!r}.")
+    if int(max_steps) < 1:
+        raise ValueError(f"`max_steps` must be >= 1; got {max_steps}.")
+    if int(n_save) < 2:
+        raise ValueError(f"`n_save` must be >= 2; got {n_save}.")
+    if not margin > 0:
+        raise ValueError(f"`margin` must be > 0; got {margin}.")
+
+
+def _save_grid(
+    ts: Any, t_end: Any, t1: float, t_first: float, n_save: int, time_unit: float
+) -> np.ndarray:
+    """The save times in solver units: `ts` (caller's units, times `time_unit`), or `0` and
+    `n_save - 1` log-spaced times from `t_first` to the end `t1`; clipped to `t1`."""
+    if ts is None:
+        grid = np.concatenate([[0.0], np.geomspace(t_first, t1, n_save - 1)])
+        return np.minimum(grid, t1)
+    if t_end is None:
+        raise ValueError("`ts` needs `t_end` (the save times must lie in [0, t_end]).")
+    user = np.asarray(ts, np.float64)
+    if user.ndim != 1 or user.size < 1 or not np.all(np.isfinite(user)):
+        raise ValueError("`ts` must be a non-empty 1-d array of finite times.")
+    if user[0] < 0 or user[-1] > float(t_end) or np.any(np.diff(user) <= 0):
+        raise ValueError("`ts` must be strictly increasing within [0, t_end].")
+    return np.minimum(user * time_unit, t1)
+
+
 def full_population_flow(
     Lambda: Float[ArrayLike, "d d"],
     N: int,
@@ -245,16 +277,7 @@ def full_population_flow(
     Wk0 = _check_weights(W_KQ0, "W_KQ0", d)
     rtol = _check_open_unit(rtol, "rtol")
     eps = _check_open_unit(eps, "eps")
-    if t_end is not None and not (math.isfinite(float(t_end)) and float(t_end) > 0):
-        raise ValueError(f"`t_end` must be a finite number > 0; got {t_end!r}.")
-    if atol is not None and not (math.isfinite(float(atol)) and float(atol) > 0):
-        raise ValueError(f"`atol` must be a finite number > 0; got {atol!r}.")
-    if int(max_steps) < 1:
-        raise ValueError(f"`max_steps` must be >= 1; got {max_steps}.")
-    if int(n_save) < 2:
-        raise ValueError(f"`n_save` must be >= 2; got {n_save}.")
-    if not margin > 0:
-        raise ValueError(f"`margin` must be > 0; got {margin}.")
+    _check_options(t_end, atol, max_steps, n_save, margin)
 
     # units: tr(Lambda)/d = 1
     lam_e, Q, gam_e = _problem.spectra(lam[None], np.array([float(N)]))
@@ -273,18 +296,7 @@ def full_population_flow(
         t1 = float(margin * (t_esc[0] + t_conv[0]))
     c_d = gam_s * lam_s**2
     t_first = float(min(t_esc[0], 1.0 / c_d.max()) * 1e-3)
-    if ts is None:
-        grid = np.concatenate([[0.0], np.geomspace(min(t_first, t1 / 10), t1, n_save - 1)])
-        grid = np.minimum(grid, t1)
-    else:
-        if t_end is None:
-            raise ValueError("`ts` needs `t_end` (the save times must lie in [0, t_end]).")
-        user = np.asarray(ts, np.float64)
-        if user.ndim != 1 or user.size < 1 or not np.all(np.isfinite(user)):
-            raise ValueError("`ts` must be a non-empty 1-d array of finite times.")
-        if user[0] < 0 or user[-1] > float(t_end) or np.any(np.diff(user) <= 0):
-            raise ValueError("`ts` must be strictly increasing within [0, t_end].")
-        grid = np.minimum(user * scale**2, t1)
+    grid = _save_grid(ts, t_end, t1, min(t_first, t1 / 10), n_save, scale**2)
     rates = gam_s[:, None] * lam_s[:, None] * lam_s[None, :]
     r_min = float(rates.min())
 
