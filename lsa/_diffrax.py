@@ -157,3 +157,20 @@ def failure_status(result: Any) -> str:
     if result == R.nonfinite:
         return "non_finite"
     return "solver_failure"
+
+
+def steady_state_status(result: Any, event_mask: Any, finite: bool) -> str:
+    """The status of a solve that must end by its steady-state event (the deep-stack flows):
+    `max_steps`, `non_finite`, `converged` (the event fired), `horizon` (reached `t1` without
+    it), else `solver_failure`."""
+    R = diffrax.RESULTS
+    fired = bool(event_mask) if event_mask is not None else False
+    if result == R.max_steps_reached:
+        return "max_steps"
+    if not finite:
+        return "non_finite"
+    if result == R.event_occurred or (result == R.successful and fired):
+        return "converged"
+    if result == R.successful:
+        return "horizon"
+    return "solver_failure"

@@ -42,7 +42,13 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float
 
-from ._diffrax import FlooredChord, _checks_without_callbacks, _controller, _f64
+from ._diffrax import (
+    FlooredChord,
+    _checks_without_callbacks,
+    _controller,
+    _f64,
+    steady_state_status,
+)
 from ._options import FlowError
 from .deep import Convention, _check_convention, deep_forward, readout_sign, sparse_weights
 from .model import embed
@@ -413,19 +419,7 @@ def _run_flow(
     traj = {k: np.asarray(v)[keep] for k, v in sol.ys["y"].items()}
     loss = np.asarray(sol.ys["loss"])[keep]
     finite = bool(ts.size and all(np.all(np.isfinite(v)) for v in traj.values()))
-    fired = bool(sol.event_mask) if sol.event_mask is not None else False
-    if sol.result == diffrax.RESULTS.max_steps_reached:
-        status = "max_steps"
-    elif not finite:
-        status = "non_finite"
-    elif sol.result == diffrax.RESULTS.event_occurred or (
-        sol.result == diffrax.RESULTS.successful and fired
-    ):
-        status = "converged"
-    elif sol.result == diffrax.RESULTS.successful:
-        status = "horizon"
-    else:
-        status = "solver_failure"
+    status = steady_state_status(sol.result, sol.event_mask, finite)
     out["status"] = status
     out["t_last"] = float(ts[-1]) if ts.size else float("nan")
     if status != "converged":

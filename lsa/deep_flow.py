@@ -50,7 +50,13 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float
 
-from ._diffrax import FlooredChord, _checks_without_callbacks, _controller, _f64
+from ._diffrax import (
+    FlooredChord,
+    _checks_without_callbacks,
+    _controller,
+    _f64,
+    steady_state_status,
+)
 from ._options import FlowError
 from .precision import require_x64
 
@@ -368,19 +374,7 @@ def scalar_family_flow(
     keep = np.isfinite(ts)
     ts, ys = ts[keep], ys[keep]
     finite = bool(ys.size and np.all(np.isfinite(ys)))
-    fired = bool(sol.event_mask) if sol.event_mask is not None else False
-    if sol.result == diffrax.RESULTS.max_steps_reached:
-        status = "max_steps"
-    elif not finite:
-        status = "non_finite"
-    elif sol.result == diffrax.RESULTS.event_occurred or (
-        sol.result == diffrax.RESULTS.successful and fired
-    ):
-        status = "converged"
-    elif sol.result == diffrax.RESULTS.successful:
-        status = "horizon"
-    else:
-        status = "solver_failure"
+    status = steady_state_status(sol.result, sol.event_mask, finite)
     stats["status"] = status
     if status != "converged":
         stats["t_last"] = float(ts[-1]) if ts.size else float("nan")
