@@ -12,7 +12,8 @@ Presets (`--preset`, or `--quick` for `quick`):
   batch 64, lr 1e-3; 1000 evaluation prompts per point (about 10 minutes on 2 CPU cores);
 - `default`: d = 5, N = 20, M_max = 40, width 64, 3 layers, 2 heads, 10,000 steps each,
   4000 prompts per point;
-- `gpu`: d = 10, N = 30, M_max = 60, width 128, 6 layers, 4 heads, 10,000 steps, on CUDA.
+- `gpu`: d = 10, N = 30, M_max = 60, width 128, 6 layers, 4 heads, 10,000 steps, on CUDA with
+  bf16 autocast and `torch.compile` (recorded in each run's `torch` provenance).
 
 Output directory (default `runs/transformer-<preset>`):
 
@@ -54,7 +55,7 @@ MODEL_SIZE: dict[str, dict[str, Any]] = {
                 "steps": 10_000, "batch": 64, "lr": 1e-3, "checkpoint_every": 500},
     "gpu": {"d": 10, "N": 30, "M_max": 60, "width": 128, "layers": 6, "heads": 4,
             "steps": 10_000, "batch": 64, "lr": 3e-4, "checkpoint_every": 1000,
-            "device": "cuda"},
+            "device": "cuda", "bf16": True, "compile": True},
 }  # fmt: skip
 EVAL_PROMPTS = {"quick": 1000, "default": 4000, "gpu": 4000}
 #: Sizes of the Garg, Akyürek and probing evaluations. `quick` keeps them to about a minute on
