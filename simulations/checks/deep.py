@@ -72,6 +72,7 @@ from ..icl.predictors import Ridge
 from ..icl.prompt_law import TestDistribution
 from ..plots.deep import plot_noise_heatmap, plot_spd_depth
 from .base import CheckResult
+from .deep_flows import run_flow_checks
 
 __all__ = ["NOISES", "run_suite", "spectral_values"]
 
@@ -379,7 +380,13 @@ def run_suite(
             float(r["best_lambda"]), float("nan"), float("nan"), "finding", True,
             {"spd_at_best": r["spd_at_best"], "spd_ols": r["spd_ols"], "spd_gd": r["spd_gd"]},
         ))  # fmt: skip
+    c_flows, f_flows, t_flows = run_flow_checks(
+        jax.random.fold_in(key, 8), rng, out, tab_dir, quick
+    )
+    checks += c_flows
+    timings["d6_d9_c1_c3"] = time.perf_counter() - t0 - sum(timings.values())
     figs = [
+        *f_flows,
         plot_spd_depth(pd.read_csv(tab_dir / "spd_depth.csv"),
                        pd.read_csv(tab_dir / "ridge_fit.csv").query("noise == 0"),
                        out / "deep_spd_depth.png"),
@@ -388,7 +395,7 @@ def run_suite(
     ]  # fmt: skip
     seconds = time.perf_counter() - t0
     n_pass = sum(c.passed for c in checks)
-    log(f"  deep d1-d5 + transitions: {n_pass}/{len(checks)} passed, {seconds:.1f} s")
+    log(f"  deep d1-d9, c1-c3 + transitions: {n_pass}/{len(checks)} passed, {seconds:.1f} s")
     return (
         checks,
         figs,
@@ -400,5 +407,6 @@ def run_suite(
             "n_transitions": n_tr,
             "ridge_fit": fits.to_dict(orient="records"),
             "risk_depth": tabs["risk_depth"].to_dict(orient="records"),
+            "flows_and_constructions": t_flows,
         },
     )

@@ -12,7 +12,7 @@ import pandas as pd
 
 from .figures import STYLE, _save, _subplots
 
-__all__ = ["plot_noise_heatmap", "plot_spd_depth"]
+__all__ = ["plot_noise_heatmap", "plot_ridge_construction", "plot_spd_depth"]
 
 
 def plot_spd_depth(spd: pd.DataFrame, fits: pd.DataFrame, path: Path) -> Path:
@@ -62,4 +62,22 @@ def plot_noise_heatmap(heat: pd.DataFrame, path: Path) -> Path:
             ax.set_title(f"L = {L}: log10 SPD / d")
             ax.grid(False)
             fig.colorbar(im, ax=ax, fraction=0.046)
+        return _save(fig, path)
+
+
+def plot_ridge_construction(tab: pd.DataFrame, path: Path) -> Path:
+    """The Chebyshev-Richardson ridge stack (2L layers): worst and median relative error over
+    prompts against L, with the closed-form bound 1/T_L((kappa+1)/(kappa-1)) (columns `L`,
+    `worst_rel_error`, `median_rel_error`, `bound`)."""
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _subplots(1, 1, figsize=(5, 3.6))
+        t = tab.sort_values("L")
+        ax.semilogy(t["L"], t["bound"], "k--", label="closed-form bound 1/T_L")
+        ax.semilogy(t["L"], t["worst_rel_error"], "o-", color="C0", label="worst prompt")
+        ax.semilogy(t["L"], t["median_rel_error"], "s-", color="C1", ms=4, label="median prompt")
+        ax.set_xlabel("Richardson steps L (2L layers)")
+        ax.set_ylabel("‖w_L − w_ridge‖ / ‖w_ridge‖")
+        ax.set_xticks(sorted(t["L"].unique()))
+        ax.legend(frameon=False, fontsize=8)
+        ax.set_title("ridge by a deep linear stack")
         return _save(fig, path)
