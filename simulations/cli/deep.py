@@ -5,6 +5,12 @@ Writes to the output folder: the tables `deep/*.csv` (scalar-family flow, Monte 
 SPD against depth, best-fit ridge per depth and noise, risk against depth, the noise heat map),
 the figures `deep_spd_depth.png` and `deep_noise_heatmap.png` (drawn from the tables),
 `deep_report.md` and `deep_results.json`. Exits with status 1 if a check fails.
+
+`--conventions` adds the full parameterisation trained in both conventions
+(`simulations.checks.deep_conventions`: d = 2, n = 8, B = 2000 training prompts, L = 1..3,
+three starts each, flow then BFGS polish): `deep/conventions_runs.csv` (one row per run, written
+as each finishes; a rerun resumes) and `deep/conventions.csv` (the best start per depth and
+convention, the SPD between the conventions). About 15-25 minutes on two cores.
 """
 
 from __future__ import annotations
@@ -27,6 +33,11 @@ def add_parser(sub: Any) -> None:
     )
     add_setting_arguments(p)
     p.add_argument("--quick", action="store_true", help="1/10 of the Monte Carlo sizes")
+    p.add_argument(
+        "--conventions",
+        action="store_true",
+        help="also train the full parameterisation in both conventions (L = 1..3; ~20 min)",
+    )
     p.set_defaults(func=run)
 
 
@@ -40,6 +51,26 @@ def run(args: argparse.Namespace) -> int:
     print(f"lsa deep: d = 8, n = 40, L = 1..4, seed = {setting.seed}"
           f"{' (quick)' if args.quick else ''} -> {out}/")  # fmt: skip
     checks, figures, tables = run_suite(setting, out, quick=args.quick)
+    conv_lines: list[str] = []
+    if args.conventions:
+        import jax
+
+        from ..checks.deep_conventions import conventions_table
+
+        print("  full parameterisation, both conventions (d = 2, n = 8, B = 2000, L = 1..3):")
+        _, summary = conventions_table(
+            2, 8, 2000, (1, 2, 3), 3, jax.random.PRNGKey(setting.seed + 1000),
+            out / "deep" / "conventions_runs.csv", flow_steps=20_000,
+        )  # fmt: skip
+        summary.to_csv(out / "deep" / "conventions.csv", index=False)
+        tables["conventions"] = summary.to_dict(orient="records")
+        print(summary.to_string(index=False))
+        cols = list(summary.columns)
+        conv_lines = ["", "## Full parameterisation, both conventions", "",
+                      "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]  # fmt: skip
+        for rec in summary.itertuples(index=False):
+            cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in rec]
+            conv_lines.append("| " + " | ".join(cells) + " |")
     seconds = time.perf_counter() - t0
     print(format_table(checks))
     n_fail = sum(not c.passed for c in checks)
@@ -50,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         verdict = "PASS" if c.passed else "FAIL"
         lines.append(f"| {c.id} | {c.statement} | {c.predicted:.6g} | {c.simulated:.6g} | "
                      f"{c.error:.2e} | {c.tolerance:g} | {verdict} |")  # fmt: skip
+    lines += conv_lines
     lines += ["", "## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures]
     (out / "deep_report.md").write_text("\n".join(lines) + "\n")
     payload = {"quick": args.quick, "tables": tables, "seconds": seconds}
