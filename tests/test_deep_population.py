@@ -111,9 +111,10 @@ def test_bad_input_and_failure_are_loud():
         sparse_population_flow(np.full((1, 2, 2), np.nan), 5)
     with pytest.raises(ValueError, match="`N`"):
         sparse_population_flow(np.zeros((1, 2, 2)), 0)
+    # A horizon too short to converge (same shapes as the flow test: no new compilation).
     with pytest.raises(FlowError) as info:
-        sparse_population_flow(0.05 * np.ones((1, 2, 2)), 5, max_steps=3)
-    assert info.value.status == "max_steps"
+        sparse_population_flow(0.05 * np.ones((2, 3, 3)), 10, t_max=1e-3)
+    assert info.value.status == "horizon"
 
 
 @pytest.fixture(autouse=True)
