@@ -4,7 +4,7 @@ and the explicit constructions (docs/deep.md; issue 10 parts 3 and 5).
 - d6: the exact population risk of the masked sparse stack with matrix steps
   (`lsa.deep_population.sparse_population_risk`, Wick pairings) against Monte Carlo through the
   literal stack (`lsa.deep.deep_predict`, "ahn"), random non-symmetric A, anisotropic Sigma and
-  Sigma_w, |z| <= 4. Mutant: the risk at N + 1.
+  Sigma_w, |z| <= 4, through the Monte Carlo engine (`mc_means`). Mutant: the risk at N + 1.
 - d7: the matrix-step gradient flow from small random A_l (isotropic x, w ~ N(0, I)) ends at
   a*_l I, a* = `theory.deep.optimal_step_sizes` (layers matched by trace), to 1e-8. Ahn et al.
   prove only that a*_l I is critical; this measures that the flow converges to it.
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import scipy.optimize
@@ -42,6 +43,7 @@ from lsa.deep_population import sparse_population_flow, sparse_population_risk
 from theory.deep import optimal_step_sizes
 from theory.deep_constructions import chebyshev_ridge_bound
 
+from ..icl.montecarlo import mc_means
 from ..plots.deep import plot_ridge_construction
 from .base import CheckResult
 
@@ -61,35 +63,39 @@ def _sqrt_spd(S: np.ndarray) -> np.ndarray:
     return (V * np.sqrt(lam)) @ V.T
 
 
+def _d6_values(
+    key: jax.Array, B: int, N: int, W_PV: jax.Array, W_KQ: jax.Array, Lx: jax.Array,
+    Lw: jax.Array,
+) -> jax.Array:  # fmt: skip
+    """(B, 1): squared error of the literal masked stack on prompts x ~ N(0, Lx Lx^T),
+    w ~ N(0, Lw Lw^T), noiseless."""
+    d = Lx.shape[0]
+    k1, k2, k3 = jax.random.split(key, 3)
+    X = jax.random.normal(k1, (B, N, d)) @ Lx.T
+    xq = jax.random.normal(k2, (B, d)) @ Lx.T
+    w = jax.random.normal(k3, (B, d)) @ Lw.T
+    y = jnp.einsum("bnd,bd->bn", X, w)
+    pred = deep_predict(lsa.embed(X, y, xq), W_PV, W_KQ, "ahn")
+    return ((pred - jnp.einsum("bd,bd->b", xq, w)) ** 2)[:, None]
+
+
 def check_population_mc(key: jax.Array, n_mc: int, rng: np.random.Generator) -> CheckResult:
-    """d6 (module docstring)."""
+    """d6 (module docstring), through the Monte Carlo engine (`mc_means`)."""
     d, N, L = 3, 6, 2
     Sigma = _random_spd(rng, d, (0.5, 8.0))
     Sigma_w = _random_spd(rng, d, (0.1, 2.0))
     A = 0.1 * rng.standard_normal((L, d, d)) + 0.15 * np.eye(d)
     exact = float(sparse_population_risk(A, N, Sigma, Sigma_w))
     mutant = float(sparse_population_risk(A, N + 1, Sigma, Sigma_w))
-    Lx, Lw = np.linalg.cholesky(Sigma), np.linalg.cholesky(Sigma_w)
     W_PV, W_KQ = sparse_weights(A)
-    sums = np.zeros(2)
-    batch = 100_000
-    for b in range(0, n_mc, batch):
-        k1, k2, k3 = jax.random.split(jax.random.fold_in(key, b), 3)
-        B = min(batch, n_mc - b)
-        X = np.asarray(jax.random.normal(k1, (B, N, d))) @ Lx.T
-        xq = np.asarray(jax.random.normal(k2, (B, d))) @ Lx.T
-        w = np.asarray(jax.random.normal(k3, (B, d))) @ Lw.T
-        y = np.einsum("bnd,bd->bn", X, w)
-        pred = np.asarray(deep_predict(lsa.embed(X, y, xq), W_PV, W_KQ, "ahn"))
-        e2 = (pred - np.einsum("bd,bd->b", xq, w)) ** 2
-        sums += (e2.sum(), (e2**2).sum())
-    mean = sums[0] / n_mc
-    se = float(np.sqrt((sums[1] / n_mc - mean**2) / (n_mc - 1)))
-    z, zm = (mean - exact) / se, (mean - mutant) / se
+    Lx, Lw = jnp.asarray(np.linalg.cholesky(Sigma)), jnp.asarray(np.linalg.cholesky(Sigma_w))
+    (est,) = mc_means(_d6_values, key, n_mc, N, W_PV, W_KQ, Lx, Lw, batch_size=100_000)
+    z, zm = est.z(exact), est.z(mutant)
     return CheckResult(
         "d6", "exact matrix-step risk (Wick) = MC through the literal masked stack, L = 2, "
-        "anisotropic Sigma, Sigma_w", "lsa.deep_population (DERIVED)", exact, mean, z, 4.0, "z",
-        abs(z) <= 4, {"se": se, "n": n_mc, "z_if_N+1": zm, "tr_Sigma": float(np.trace(Sigma))},
+        "anisotropic Sigma, Sigma_w", "lsa.deep_population (DERIVED)", exact, est.mean, z, 4.0,
+        "z", abs(z) <= 4, {"se": est.se, "n": est.n, "z_if_N+1": zm,
+                           "tr_Sigma": float(np.trace(Sigma))},
     )  # fmt: skip
 
 
