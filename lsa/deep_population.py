@@ -154,13 +154,13 @@ def mixed_wishart_moment(
     eye = jnp.eye(d, dtype=C.dtype)
 
     # Unrolled over the m positions, batched over the matchings: M_p <- M_p @ block; at a cycle's
-    # end acc_p *= tr(M_p) and M_p <- I. (A lax.scan here measured 7x slower under autodiff.)
+    # end acc_p *= tr(M_p) and M_p <- I. (A lax.scan: 1.5-2x slower under autodiff.)
     P = order.shape[0]
     M = jnp.broadcast_to(eye, (P, d, d))
     acc = jnp.ones((P,), C.dtype)
     for s in range(m):
         # Select the blocks by a one-hot product, not a gather: its transpose under autodiff is
-        # a dense product instead of a scatter-add (measured several times faster on CPU).
+        # a dense product instead of a scatter-add (Jacobian 1.46 s against 1.92 s, L = 3, d = 3).
         onehot = jnp.asarray(np.eye(2 * m)[order[:, s]], C.dtype)  # (P, 2m)
         M = M @ (onehot @ flat).reshape(P, d, d)
         if close[:, s].any():
