@@ -55,7 +55,7 @@ def test_scalar_steps_equal_theory(d, N):
 
 
 def test_monte_carlo_through_the_literal_stack():
-    """Random non-symmetric A, anisotropic Sigma and Sigma_w (tr Sigma = 15.3, far from d = 3), L = 2:
+    """Random non-symmetric A, anisotropic Sigma and Sigma_w (tr Sigma = 15.3, far from d), L = 2:
     the exact risk against the mean squared error of the literal masked stack."""
     rng = np.random.default_rng(5)
     d, N, L, B = 3, 6, 2, 400_000
