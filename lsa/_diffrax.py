@@ -6,15 +6,20 @@ callbacks (so that JAX's persistent compilation cache can store the solves)."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import diffrax
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import lineax as lx
+import numpy as np
 import optimistix as optx
 from jaxtyping import Array
+
+from ._options import FlowError
 
 # ----------------------------------------------------------------------------------------
 # A lineax solver for "diagonal plus a border": the Newton matrices of the eigenbasis flow.
@@ -174,3 +179,29 @@ def steady_state_status(result: Any, event_mask: Any, finite: bool) -> str:
     if result == R.successful:
         return "horizon"
     return "solver_failure"
+
+
+def finish_steady_state(
+    sol: Any, t_start: float, what: str, **extra: Any
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The common end of the deep-stack flows: solver statistics (plus `extra`), the status of
+    `steady_state_status` (every saved leaf of `sol.ys` must be finite) and `t_last`; raises
+    `FlowError` naming `what` unless converged. Returns the statistics and the mask of saved
+    steps (`isfinite(sol.ts)`)."""
+    ts = np.asarray(sol.ts)
+    keep = np.isfinite(ts)
+    stats: dict[str, Any] = {
+        "num_steps": int(sol.stats["num_steps"]),
+        "num_rejected_steps": int(sol.stats["num_rejected_steps"]),
+        "wall_seconds": time.perf_counter() - t_start,
+        "result": str(sol.result),
+        **extra,
+    }
+    leaves = [np.asarray(v)[keep] for v in jax.tree_util.tree_leaves(sol.ys)]
+    finite = bool(keep.any() and all(np.all(np.isfinite(v)) for v in leaves))
+    status = steady_state_status(sol.result, sol.event_mask, finite)
+    stats["status"] = status
+    stats["t_last"] = float(ts[keep][-1]) if keep.any() else float("nan")
+    if status != "converged":
+        raise FlowError(f"{what} did not converge ({status}): {sol.result}", stats)
+    return stats, keep

@@ -47,9 +47,8 @@ from ._diffrax import (
     _checks_without_callbacks,
     _controller,
     _f64,
-    steady_state_status,
+    finish_steady_state,
 )
-from ._options import FlowError
 from .deep import Convention, _check_convention, deep_forward, readout_sign, sparse_weights
 from .model import embed
 from .precision import require_x64
@@ -405,25 +404,13 @@ def _run_flow(
             max_steps=max_steps,
         )
     jax.block_until_ready(sol.ys)
-    out: dict[str, Any] = {
-        "num_steps": int(sol.stats["num_steps"]),
-        "num_rejected_steps": int(sol.stats["num_rejected_steps"]),
-        "wall_seconds": time.perf_counter() - t_start,
-        "result": str(sol.result),
-        "B": stats.B,
-        "convention": stats.convention,
-    }
-    ts = np.asarray(sol.ts)
-    keep = np.isfinite(ts)
-    ts = ts[keep]
+    out, keep = finish_steady_state(
+        sol, t_start, "deep empirical flow", B=stats.B, convention=stats.convention
+    )
+    ts = np.asarray(sol.ts)[keep]
     traj = {k: np.asarray(v)[keep] for k, v in sol.ys["y"].items()}
     loss = np.asarray(sol.ys["loss"])[keep]
-    finite = bool(ts.size and all(np.all(np.isfinite(v)) for v in traj.values()))
-    status = steady_state_status(sol.result, sol.event_mask, finite)
-    out["status"] = status
-    out["t_last"] = float(ts[-1]) if ts.size else float("nan")
-    if status != "converged":
-        raise FlowError(f"deep empirical flow did not converge ({status}): {sol.result}", out)
+    status = out["status"]
     last = {k: jnp.asarray(v[-1]) for k, v in traj.items()}
     gnorm = float(_gmax_jit(kind, last, stats))
     return DeepFlowResult(

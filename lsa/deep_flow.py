@@ -55,9 +55,8 @@ from ._diffrax import (
     _checks_without_callbacks,
     _controller,
     _f64,
-    steady_state_status,
+    finish_steady_state,
 )
-from ._options import FlowError
 from .precision import require_x64
 
 __all__ = [
@@ -363,22 +362,8 @@ def scalar_family_flow(
             max_steps=max_steps,
         )
     jax.block_until_ready(sol.ys)
-    stats: dict[str, Any] = {
-        "num_steps": int(sol.stats["num_steps"]),
-        "num_rejected_steps": int(sol.stats["num_rejected_steps"]),
-        "wall_seconds": time.perf_counter() - t_start,
-        "result": str(sol.result),
-    }
-    ts = np.asarray(sol.ts)
-    ys = np.asarray(sol.ys)
-    keep = np.isfinite(ts)
-    ts, ys = ts[keep], ys[keep]
-    finite = bool(ys.size and np.all(np.isfinite(ys)))
-    status = steady_state_status(sol.result, sol.event_mask, finite)
-    stats["status"] = status
-    if status != "converged":
-        stats["t_last"] = float(ts[-1]) if ts.size else float("nan")
-        raise FlowError(f"scalar-family flow did not converge ({status}): {sol.result}", stats)
+    stats, keep = finish_steady_state(sol, t_start, "scalar-family flow")
+    ts, ys = np.asarray(sol.ts)[keep], np.asarray(sol.ys)[keep]
     a_traj = ys[:, :G][:, groups]
     risk = _risk_numpy(a_traj, moms[: 2 * L + 1])
     nd = float(_newton_distance_jit(jnp.asarray(ys[-1]), args))
@@ -388,6 +373,6 @@ def scalar_family_flow(
         risk=risk,
         groups=np.asarray(groups),
         newton_distance=nd,
-        status=status,
+        status=stats["status"],
         stats=stats,
     )

@@ -61,9 +61,8 @@ from ._diffrax import (
     _checks_without_callbacks,
     _controller,
     _f64,
-    steady_state_status,
+    finish_steady_state,
 )
-from ._options import FlowError
 from .deep_flow import _matchings
 from .precision import require_x64
 
@@ -405,25 +404,11 @@ def sparse_population_flow(
             max_steps=max_steps,
         )
     jax.block_until_ready(sol.ys)
-    stats: dict[str, Any] = {
-        "num_steps": int(sol.stats["num_steps"]),
-        "num_rejected_steps": int(sol.stats["num_rejected_steps"]),
-        "wall_seconds": time.perf_counter() - t_start,
-        "result": str(sol.result),
-    }
-    ts = np.asarray(sol.ts)
-    keep = np.isfinite(ts)
-    ts = ts[keep]
+    stats, keep = finish_steady_state(sol, t_start, "matrix-step population flow")
+    ts = np.asarray(sol.ts)[keep]
     ys = np.asarray(sol.ys["y"])[keep]
     risk = np.asarray(sol.ys["risk"])[keep]
-    finite = bool(ys.size and np.all(np.isfinite(ys)))
-    status = steady_state_status(sol.result, sol.event_mask, finite)
-    stats["status"] = status
-    stats["t_last"] = float(ts[-1]) if ts.size else float("nan")
-    if status != "converged":
-        raise FlowError(
-            f"matrix-step population flow did not converge ({status}): {sol.result}", stats
-        )
+    status = stats["status"]
     nd, lam_min = _newton_jit(jnp.asarray(ys[-1]), args)
     return MatrixFlowResult(
         ts=ts,
