@@ -8,15 +8,26 @@ For each depth L, convention ("ahn": masked, "zfb": unmasked) and start (all 2L 
 1. the empirical gradient flow dW/dt = -grad L_hat(W) (`lsa.deep_empirical`'s Gram-route
    gradient) with diffrax Tsit5 (rtol 1e-6) for `flow_steps` steps, which carries it past the
    plateaus of the small start;
-2. a BFGS polish (optimistix) of the same loss from the flow's end point, restarted (at most 5
-   times) until max |grad| <= 1e-10 or BFGS stops moving: the critical point the flow is heading
-   for. The final gradient is recorded: in nearly flat directions the loss reaches its round-off
-   floor with max |grad| up to about 1e-8. (The flow alone converges very slowly here: the
-   curvature spread at the end exceeds 1e8; docs/deep.md.) Both the flow's and the polished loss
-   are recorded, so a polish that jumped to another basin would show as a large drop.
+2. a Newton polish of the same loss from the flow's end point: scipy's trust-region Newton
+   (`trust-exact`) with the exact Hessian (forward-mode derivative of the hand-written gradient),
+   at most `polish_steps` steps. A trust-region Newton step moves towards minima, not saddles,
+   and converges quadratically where the minimum is non-degenerate; the flow alone converges very
+   slowly here (the curvature spread at the end exceeds 1e8; docs/deep.md).
+3. a classification of the end point from its gradient and Hessian spectrum (`STATUSES`):
+   "minimum" (max |grad| <= GRAD_OK and no eigenvalue below -EIG_ROUNDOFF * lambda_max, the
+   Hessian's round-off level; the symmetries, per-layer W_PV -> c W_PV, W_KQ -> W_KQ / c, and the
+   entries the prediction never reads give exact zero eigenvalues), "saddle" (critical with a
+   negative eigenvalue), "escaping" (not critical, the loss still falling and the weights' norm
+   grown by more than ESCAPE_GROWTH during the polish: the infimum is approached at infinity or
+   far away, not attained near the flow's end), "not converged" (anything else). Both the flow's
+   and the polished loss and norm are recorded, so a polish that jumped to another basin would
+   show as a large drop.
 
-Measured per run: training loss, max |grad|, the test risk on `n_test` fresh prompts with its
-standard error, the sparse-family optimum's exact risk (`theory.deep.step_sizes_risk` at
+Measured per run: training loss, max |grad|, the Hessian's extreme eigenvalues, the weights'
+Frobenius norm, the test risk on `n_test` fresh prompts with its standard error and the median
+squared error (the risk of a deep stack is a high-degree polynomial in the data, so an
+overfitted stack can have a heavy-tailed error: a large mean beside a small median shows it),
+the sparse-family optimum's exact risk (`theory.deep.step_sizes_risk` at
 `optimal_step_sizes`) for reference, and the mean squared difference (SPD) between the two
 conventions' predictions on the same test prompts, for the best start of each.
 
@@ -36,8 +47,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optimistix as optx
 import pandas as pd
+import scipy.optimize
 
 import lsa
 from lsa.deep import Convention
@@ -53,8 +64,12 @@ from theory.deep import optimal_step_sizes, step_sizes_risk
 __all__ = ["conventions_summary", "conventions_table"]
 
 CONVENTIONS: tuple[Convention, ...] = ("ahn", "zfb")
-#: The polish restarts BFGS (at most POLISH_RESTARTS times) until max |grad| <= GRAD_TARGET.
-POLISH_RESTARTS, GRAD_TARGET = 5, 1e-10
+#: End-point classification (module docstring): a critical point has max |grad| <= GRAD_OK; an
+#: eigenvalue below -EIG_ROUNDOFF * lambda_max is negative beyond the Hessian's round-off; a
+#: polish that grows the weights' norm by more than ESCAPE_GROWTH (relative) without reaching a
+#: critical point is "escaping".
+GRAD_OK, EIG_ROUNDOFF, ESCAPE_GROWTH = 1e-8, 1e-12, 0.2
+STATUSES = ("minimum", "saddle", "escaping", "not converged")
 
 
 def _loss(p: dict[str, jax.Array], stats: DeepStats) -> jax.Array:
@@ -80,11 +95,58 @@ def _flow(p0, stats, *, max_steps):  # type: ignore[no-untyped-def]
     )  # fmt: skip
 
 
-@eqx.filter_jit
-def _polish(p, stats):  # type: ignore[no-untyped-def]
-    return optx.minimise(
-        _loss, optx.BFGS(rtol=1e-13, atol=1e-13), p, args=stats, max_steps=20_000, throw=False
-    )
+def _flat_value_and_grad(x: jax.Array, shape: tuple[int, ...], stats: DeepStats):  # type: ignore[no-untyped-def]
+    W = x.reshape(shape)
+    loss, (gP, gK) = deep_empirical_value_and_grad(W[0], W[1], stats)
+    return loss, jnp.stack([gP, gK]).ravel()
+
+
+_flat_vg = jax.jit(_flat_value_and_grad, static_argnums=1)
+_flat_hess = jax.jit(
+    jax.jacfwd(lambda x, shape, stats: _flat_value_and_grad(x, shape, stats)[1]),
+    static_argnums=1,
+)
+
+
+def newton_polish(
+    W: np.ndarray, stats: DeepStats, max_steps: int
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Trust-region Newton (scipy `trust-exact`, exact Hessian) on the empirical loss from the
+    stacked weights `W = [W_PV, W_KQ]` (shape (2, L, d+1, d+1)); returns the end point and its
+    diagnosis: loss, max |grad|, the Hessian's smallest and largest eigenvalues, the norm, the
+    number of Newton steps, scipy's message and the status (module docstring)."""
+    shape = W.shape
+
+    def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
+        loss, g = _flat_vg(jnp.asarray(x), shape, stats)
+        return float(loss), np.asarray(g)
+
+    def hess(x: np.ndarray) -> np.ndarray:
+        return np.asarray(_flat_hess(jnp.asarray(x), shape, stats))
+
+    loss0 = fg(W.ravel())[0]
+    res = scipy.optimize.minimize(
+        fg, W.ravel(), jac=True, hess=hess, method="trust-exact",
+        options={"gtol": 1e-13, "maxiter": max_steps},
+    )  # fmt: skip
+    loss, g = fg(res.x)
+    H = hess(res.x)
+    eig = np.linalg.eigvalsh(0.5 * (H + H.T))
+    norm0, norm = float(np.linalg.norm(W)), float(np.linalg.norm(res.x))
+    gmax = float(np.abs(g).max())
+    negative = eig[0] < -EIG_ROUNDOFF * max(abs(eig[-1]), 1.0)
+    if gmax <= GRAD_OK:
+        status = "saddle" if negative else "minimum"
+    elif norm > (1 + ESCAPE_GROWTH) * norm0 and loss < loss0:
+        status = "escaping"
+    else:
+        status = "not converged"
+    info = {
+        "loss": loss, "grad": gmax, "eig_min": float(eig[0]), "eig_max": float(eig[-1]),
+        "norm": norm, "newton_steps": int(res.nit), "newton_message": str(res.message),
+        "status": status,
+    }  # fmt: skip
+    return res.x.reshape(shape), info
 
 
 def _stats(P: Any, convention: Convention) -> DeepStats:
@@ -102,6 +164,7 @@ def conventions_table(
     *,
     n_test: int = 100_000,
     flow_steps: int = 5000,
+    polish_steps: int = 600,
     log: Callable[[str], None] = print,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Runs (module docstring) appended to `csv` (resumed), and the per-(L, convention) summary.
@@ -131,32 +194,25 @@ def conventions_table(
                 p0 = {"W_PV": jnp.asarray(W0[0]), "W_KQ": jnp.asarray(W0[1])}
                 sol = _flow(p0, st, max_steps=flow_steps)
                 pf = {k: v[-1] for k, v in sol.ys.items()}
-                pb, n_bfgs, result = pf, 0, ""
-                for _ in range(POLISH_RESTARTS):  # BFGS restarts (a fresh Hessian estimate)
-                    res = _polish(pb, st)
-                    pb, n_bfgs, result = (
-                        res.value,
-                        n_bfgs + int(res.stats["num_steps"]),
-                        str(res.result),
-                    )
-                    if float(_gmax(pb, st)) <= GRAD_TARGET:
-                        break
-                pred = np.asarray(deep_stats_predict(pb["W_PV"], pb["W_KQ"], _stats(test, conv)))
+                Wf = np.stack([np.asarray(pf["W_PV"]), np.asarray(pf["W_KQ"])])
+                Wp, info = newton_polish(Wf, st, polish_steps)
+                pred = np.asarray(deep_stats_predict(Wp[0], Wp[1], _stats(test, conv)))
                 e2 = (pred - y_test) ** 2
                 row = {
                     "L": L, "convention": conv, "start": s, "d": d, "n": n, "B": B,
                     "t_flow": float(sol.ts[-1]), "loss_flow": float(_loss(pf, st)),
-                    "grad_flow": float(_gmax(pf, st)), "loss": float(_loss(pb, st)),
-                    "grad": float(_gmax(pb, st)), "bfgs_steps": n_bfgs,
-                    "bfgs_result": result, "test_risk": float(e2.mean()),
+                    "grad_flow": float(_gmax(pf, st)), "norm_flow": float(np.linalg.norm(Wf)),
+                    **info, "test_risk": float(e2.mean()),
                     "test_se": float(e2.std(ddof=1) / np.sqrt(e2.size)),
+                    "test_median": float(np.median(e2)),
                     "sparse_optimum_risk": float(sparse_risk),
                     "wall_s": time.perf_counter() - t0,
                 }  # fmt: skip
                 np.save(csv.with_name(f"{csv.stem}_pred_L{L}_{conv}_{s}.npy"), pred)
                 pd.DataFrame([row]).to_csv(csv, mode="a", header=not csv.exists(), index=False)
                 log(f"    L = {L} {conv} start {s}: loss {row['loss']:.6g} (flow "
-                    f"{row['loss_flow']:.6g}), |grad| {row['grad']:.1e}, test risk "
+                    f"{row['loss_flow']:.6g}), |grad| {row['grad']:.1e}, {info['status']}, "
+                    f"norm {row['norm_flow']:.3g} -> {row['norm']:.3g}, test risk "
                     f"{row['test_risk']:.4f} ± {row['test_se']:.4f}, "
                     f"{row['wall_s']:.1f} s")  # fmt: skip
     table = pd.read_csv(csv)
@@ -165,7 +221,8 @@ def conventions_table(
 
 def conventions_summary(table: pd.DataFrame, csv: Path, y_test: np.ndarray) -> pd.DataFrame:
     """Per (L, convention): the best start (lowest training loss), how many starts reach it
-    (loss within 1e-8 relative), its test risk, and the SPD between the two conventions' best
+    (loss within 1e-8 relative), how the starts ended (`STATUSES`), the best start's status,
+    norm, test risk and median squared error, and the SPD between the two conventions' best
     stacks on the same test prompts."""
     rows = []
     for L, tab in table.groupby("L"):
@@ -178,8 +235,12 @@ def conventions_summary(table: pd.DataFrame, csv: Path, y_test: np.ndarray) -> p
             rows.append({
                 "L": int(L), "convention": conv, "best_loss": float(r["loss"]),
                 "starts_at_best": int((np.abs(t["loss"] - r["loss"]) <= 1e-8 * r["loss"]).sum()),
-                "starts": len(t), "test_risk": float(r["test_risk"]),
-                "test_se": float(r["test_se"]),
+                "starts": len(t),
+                "statuses": ", ".join(f"{int((t['status'] == k).sum())} {k}"
+                                      for k in STATUSES if (t["status"] == k).any()),
+                "best_status": str(r["status"]), "best_norm": float(r["norm"]),
+                "test_risk": float(r["test_risk"]), "test_se": float(r["test_se"]),
+                "test_median": float(r["test_median"]),
                 "sparse_optimum_risk": float(r["sparse_optimum_risk"]),
                 "max_grad": float(r["grad"]),
             })  # fmt: skip
