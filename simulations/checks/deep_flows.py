@@ -1,4 +1,4 @@
-"""Checks d6-d9 and c1-c3 of `lsa deep`: trained matrix-step stacks on their exact population risk,
+"""Checks d6-d10 and c1-c3 of `lsa deep`: trained matrix-step stacks on their exact population risk,
 and the explicit constructions (docs/deep.md; issue 10 parts 3 and 5).
 
 - d6: the exact population risk of the masked sparse stack with matrix steps
@@ -9,6 +9,7 @@ and the explicit constructions (docs/deep.md; issue 10 parts 3 and 5).
   a*_l I, a* = `theory.deep.optimal_step_sizes` (layers matched by trace), to 1e-8. Ahn et al.
   prove only that a*_l I is critical; this measures that the flow converges to it.
 - d8: Sigma != I with w ~ N(0, Sigma^{-1}): Sigma^{1/2} A_l Sigma^{1/2} -> a*_l I, to 1e-8.
+- d10 (only with `lsa deep --l3-flows`; minutes per flow): as d7 at L = 3, d = 2, N = 6.
 - d9 (finding, NEW: no published closed form): Sigma != I with w ~ N(0, I). The limit's
   commutator with Sigma, its eigenvalues in Sigma's eigenbasis, and its risk against the best
   scalar steps a_l I and a_l Sigma^{-1} (each optimised exactly within its family).
@@ -22,6 +23,7 @@ and the explicit constructions (docs/deep.md; issue 10 parts 3 and 5).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,7 @@ from ..icl.montecarlo import mc_means
 from ..plots.deep import plot_ridge_construction
 from .base import CheckResult
 
-__all__ = ["run_flow_checks"]
+__all__ = ["check_l3_matrix_flows", "run_flow_checks"]
 
 #: The setting of the matrix-step flows (small enough for L = 3 mixed moments of order 6).
 FLOW_D, FLOW_N = 3, 10
@@ -106,26 +108,68 @@ def _match(B: np.ndarray, a_star: np.ndarray) -> float:
     return float(max(np.max(np.abs(B[ell] - a_star[i] * np.eye(d))) for i, ell in enumerate(order)))
 
 
+def _flow_row(L: int, A0: np.ndarray, N: int, Sigma: np.ndarray | None,
+              Sigma_w: np.ndarray | None, whiten: np.ndarray) -> dict[str, Any]:  # fmt: skip
+    d = A0.shape[-1]
+    a_star = optimal_step_sizes(d, N, L)
+    a_mut = optimal_step_sizes(d, N + 1, L)
+    res = sparse_population_flow(A0, N, Sigma, Sigma_w)
+    B = np.einsum("ij,ljk,km->lim", whiten, res.A, whiten)
+    return {
+        "L": L, "d": d, "N": N, "distance": _match(B, a_star),
+        "distance_mutant_N+1": _match(B, a_mut), "newton_distance": res.newton_distance,
+        "hessian_min_eig": res.hessian_min_eig, "risk": float(res.risk[-1]),
+        "t_end": float(res.ts[-1]), "steps": res.stats["num_steps"],
+        "wall_s": res.stats["wall_seconds"],
+        "start_distance": _match(np.einsum("ij,ljk,km->lim", whiten, A0, whiten), a_star),
+    }  # fmt: skip
+
+
 def _flow_rows(depths: tuple[int, ...], n_starts: int, rng: np.random.Generator,
                Sigma: np.ndarray | None, Sigma_w: np.ndarray | None,
                whiten: np.ndarray) -> list[dict[str, Any]]:  # fmt: skip
     rows = []
     for L in depths:
-        a_star = optimal_step_sizes(FLOW_D, FLOW_N, L)
-        a_mut = optimal_step_sizes(FLOW_D, FLOW_N + 1, L)
         for s in range(n_starts):
             A0 = 0.05 * rng.standard_normal((L, FLOW_D, FLOW_D))
-            res = sparse_population_flow(A0, FLOW_N, Sigma, Sigma_w)
-            B = np.einsum("ij,ljk,km->lim", whiten, res.A, whiten)
-            rows.append({
-                "L": L, "start": s, "distance": _match(B, a_star),
-                "distance_mutant_N+1": _match(B, a_mut), "newton_distance": res.newton_distance,
-                "hessian_min_eig": res.hessian_min_eig, "risk": float(res.risk[-1]),
-                "t_end": float(res.ts[-1]), "steps": res.stats["num_steps"],
-                "wall_s": res.stats["wall_seconds"],
-                "start_distance": _match(np.einsum("ij,ljk,km->lim", whiten, A0, whiten), a_star),
-            })  # fmt: skip
+            rows.append({"start": s, **_flow_row(L, A0, FLOW_N, Sigma, Sigma_w, whiten)})
     return rows
+
+
+#: d10's setting: L = 3 needs order-6 mixed moments; at d = 2 a Kvaerno5 flow takes 3-6 minutes
+#: on two cores (at d = 3, more than 30: docs/deep.md).
+L3_D, L3_N = 2, 6
+
+
+def check_l3_matrix_flows(
+    seed: int, n_starts: int, csv: Path, log: Callable[[str], None] = print
+) -> tuple[CheckResult, pd.DataFrame]:
+    """d10: the L = 3 matrix-step flow (isotropic x, w ~ N(0, I), d = L3_D, N = L3_N) from small
+    random starts `0.05 N(0, 1)` (numpy generator `[seed, 10, start]`) ends at a*_l I to 1e-8 with
+    a positive definite Hessian. Each start's row is appended to `csv` as it finishes; a rerun
+    skips the starts it finds there (resume)."""
+    done = pd.read_csv(csv) if csv.exists() else pd.DataFrame()
+    have = set(done["start"].astype(int)) if len(done) else set()
+    for s in range(n_starts):
+        if s in have:
+            continue
+        A0 = 0.05 * np.random.default_rng([seed, 10, s]).standard_normal((3, L3_D, L3_D))
+        row = {"start": s, **_flow_row(3, A0, L3_N, None, None, np.eye(L3_D))}
+        pd.DataFrame([row]).to_csv(csv, mode="a", header=not csv.exists(), index=False)
+        log(f"    d10 start {s}: distance {row['distance']:.2e}, lambda_min(H) "
+            f"{row['hessian_min_eig']:.3g}, {row['steps']} steps, "
+            f"{row['wall_s']:.0f} s")  # fmt: skip
+    frame = pd.read_csv(csv)
+    frame = frame[frame["start"] < n_starts]
+    err = float(frame["distance"].max())
+    return CheckResult(
+        "d10", f"matrix-step flow from small random starts, isotropic x, w ~ N(0, I): "
+        f"A_l -> a*_l I, L = 3, d = {L3_D}, N = {L3_N}",
+        "issue 10 §3; theory.deep.optimal_step_sizes (DERIVED)", 0.0, err, err, 1e-8, "abs",
+        bool(err <= 1e-8 and (frame["hessian_min_eig"] > 0).all()),
+        {"rows": frame.to_dict(orient="records"),
+         "mutant_min_distance": float(frame["distance_mutant_N+1"].min())},
+    ), frame  # fmt: skip
 
 
 def check_matrix_flows(
@@ -279,8 +323,8 @@ def run_flow_checks(
     checks = [check_population_mc(key, 200_000 if quick else 1_000_000, rng)]
     flows = aniso = pd.DataFrame()
     if not quick:  # the flows cost about 2 minutes (compilation included): not in --quick
-        # L = 2 only: an exact L = 3 flow needs order-6 moments (10395 matchings per term) and
-        # took tens of minutes (docs/deep.md); it is measured there, not here.
+        # L = 2 only here: an exact L = 3 flow needs order-6 moments (10395 matchings per term),
+        # minutes per flow even at d = 2: check d10, `lsa deep --l3-flows`.
         c78, flows = check_matrix_flows(rng, (2,), 3)
         checks += c78
         flows.to_csv(tab_dir / "matrix_flows.csv", index=False)
