@@ -12,7 +12,7 @@ import pandas as pd
 
 from .figures import STYLE, _save, _subplots
 
-__all__ = ["plot_noise_heatmap", "plot_ridge_construction", "plot_spd_depth"]
+__all__ = ["plot_conventions", "plot_noise_heatmap", "plot_ridge_construction", "plot_spd_depth"]
 
 
 def plot_spd_depth(spd: pd.DataFrame, fits: pd.DataFrame, path: Path) -> Path:
@@ -80,4 +80,48 @@ def plot_ridge_construction(tab: pd.DataFrame, path: Path) -> Path:
         ax.set_xticks(sorted(t["L"].unique()))
         ax.legend(frameon=False, fontsize=8)
         ax.set_title("ridge by a deep linear stack")
+        return _save(fig, path)
+
+
+#: Marker per end-point status of `simulations.checks.deep_conventions`.
+_STATUS_MARKERS = {"minimum": "o", "saddle": "s", "escaping": "^", "not converged": "x"}
+
+
+def plot_conventions(runs: pd.DataFrame, path: Path) -> Path:
+    """The two-convention experiment from its per-run table (`conventions_runs.csv`): left, the
+    polished training loss per run against depth L, one colour per convention, the marker the
+    end point's status (minimum, saddle, escaping, not converged); right, the weights' norm at the
+    flow's end and after the polish (an escaping run's norm keeps growing); dashed, the sparse
+    family's exact optimal risk / 2 (the training loss carries a factor 1/2)."""
+    with matplotlib.rc_context(STYLE):
+        fig, (ax1, ax2) = _subplots(1, 2, figsize=(10, 3.8))
+        for k, (conv, tab) in enumerate(runs.groupby("convention", sort=True)):
+            dx = -0.12 if k == 0 else 0.12
+            for status, marker in _STATUS_MARKERS.items():
+                t = tab[tab["status"] == status]
+                if len(t):
+                    ax1.scatter(t["L"] + dx, t["loss"], marker=marker, color=f"C{k}", s=30,
+                                label=f"{conv}: {status}")  # fmt: skip
+            arrow = {"arrowstyle": "->", "color": f"C{k}", "lw": 1}
+            for r in tab.itertuples():
+                ax2.annotate("", xy=(r.L + dx, r.norm), xytext=(r.L + dx, r.norm_flow),
+                             arrowprops=arrow)  # fmt: skip
+            ax2.scatter(tab["L"] + dx, tab["norm_flow"], color=f"C{k}", s=12,
+                        label=f"{conv}: flow end")  # fmt: skip
+            ax2.scatter(tab["L"] + dx, tab["norm"], facecolors="none", edgecolors=f"C{k}", s=24,
+                        label=f"{conv}: after polish")  # fmt: skip
+        opt = runs.groupby("L")["sparse_optimum_risk"].first()
+        ax1.plot(opt.index, opt.to_numpy() / 2, "k--", lw=1, label="sparse optimum risk / 2")
+        ax1.set_yscale("log")
+        ax1.set_xlabel("depth L (layers)")
+        ax1.set_ylabel("training loss (½ mean sq. error)")
+        ax1.set_xticks(sorted(runs["L"].unique()))
+        ax1.legend(frameon=False, fontsize=7, ncol=2)
+        ax1.set_title("full parameters: end points by convention")
+        ax2.set_yscale("log")
+        ax2.set_xlabel("depth L (layers)")
+        ax2.set_ylabel("‖W‖ (flow end → after polish)")
+        ax2.set_xticks(sorted(runs["L"].unique()))
+        ax2.legend(frameon=False, fontsize=8)
+        ax2.set_title("weights' norm: escaping runs keep growing")
         return _save(fig, path)
