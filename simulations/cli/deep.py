@@ -7,10 +7,16 @@ the figures `deep_spd_depth.png` and `deep_noise_heatmap.png` (drawn from the ta
 `deep_report.md` and `deep_results.json`. Exits with status 1 if a check fails.
 
 `--conventions` adds the full parameterisation trained in both conventions
-(`simulations.checks.deep_conventions`: d = 2, n = 8, B = 2000 training prompts, L = 1..3,
-three starts each, flow then BFGS polish): `deep/conventions_runs.csv` (one row per run, written
-as each finishes; a rerun resumes) and `deep/conventions.csv` (the best start per depth and
-convention, the SPD between the conventions). About 15-25 minutes on two cores.
+(`simulations.checks.deep_conventions`: d = 2, n = 8, B = 2000 training prompts, L = 1..4,
+three starts each, flow then trust-region Newton polish, end points classified):
+`deep/conventions_runs.csv` (one row per run, written as each finishes; a rerun resumes) and
+`deep/conventions.csv` (the best start per depth and convention, the SPD between the
+conventions) and the figure `deep_conventions.png` (end points and weight norms per run).
+About an hour on two cores.
+
+`--l3-flows` adds check d10 (`simulations.checks.deep_flows.check_l3_matrix_flows`): the exact
+matrix-step flow at L = 3 (d = 2, N = 6, two starts; order-6 mixed moments, 3-6 minutes per
+flow), rows in `deep/matrix_flows_l3.csv` as each finishes (a rerun resumes).
 """
 
 from __future__ import annotations
@@ -36,7 +42,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--conventions",
         action="store_true",
-        help="also train the full parameterisation in both conventions (L = 1..3; ~20 min)",
+        help="also train the full parameterisation in both conventions (L = 1..4; ~1 hour)",
+    )
+    p.add_argument(
+        "--l3-flows",
+        action="store_true",
+        help="also run check d10: L = 3 matrix-step flows on the exact risk (~10 min)",
     )
     p.set_defaults(func=run)
 
@@ -52,17 +63,27 @@ def run(args: argparse.Namespace) -> int:
           f"{' (quick)' if args.quick else ''} -> {out}/")  # fmt: skip
     checks, figures, tables = run_suite(setting, out, quick=args.quick)
     conv_lines: list[str] = []
+    if args.l3_flows:
+        from ..checks.deep_flows import check_l3_matrix_flows
+
+        print("  d10: L = 3 matrix-step flows on the exact risk (d = 2, N = 6, 2 starts):")
+        c10, l3 = check_l3_matrix_flows(setting.seed, 2, out / "deep" / "matrix_flows_l3.csv")
+        checks.append(c10)
+        tables["matrix_flows_l3"] = l3.to_dict(orient="records")
     if args.conventions:
         import jax
 
         from ..checks.deep_conventions import conventions_table
 
-        print("  full parameterisation, both conventions (d = 2, n = 8, B = 2000, L = 1..3):")
-        _, summary = conventions_table(
-            2, 8, 2000, (1, 2, 3), 3, jax.random.PRNGKey(setting.seed + 1000),
-            out / "deep" / "conventions_runs.csv", flow_steps=20_000,
+        print("  full parameterisation, both conventions (d = 2, n = 8, B = 2000, L = 1..4):")
+        runs, summary = conventions_table(
+            2, 8, 2000, (1, 2, 3, 4), 3, jax.random.PRNGKey(setting.seed + 1000),
+            out / "deep" / "conventions_runs.csv", flow_steps=20_000, polish_steps=400,
         )  # fmt: skip
         summary.to_csv(out / "deep" / "conventions.csv", index=False)
+        from ..plots.deep import plot_conventions
+
+        figures.append(plot_conventions(runs, out / "deep_conventions.png"))
         tables["conventions"] = summary.to_dict(orient="records")
         print(summary.to_string(index=False))
         cols = list(summary.columns)
