@@ -15,6 +15,16 @@ from .figures import STYLE, _save, _subplots
 __all__ = ["plot_conventions", "plot_noise_heatmap", "plot_ridge_construction", "plot_spd_depth"]
 
 
+def _label_axis(ax, xlabel: str, ylabel: str, ticks, title: str, legend_size: float = 0) -> None:  # type: ignore[no-untyped-def]
+    """Labels, integer ticks (the depths), optional legend and title of one panel."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xticks(sorted(ticks))
+    if legend_size:
+        ax.legend(frameon=False, fontsize=legend_size)
+    ax.set_title(title)
+
+
 def plot_spd_depth(spd: pd.DataFrame, fits: pd.DataFrame, path: Path) -> Path:
     """Left: SPD (per dimension) of the trained stack against depth L, one line per reference
     predictor (columns `L`, `reference`, `spd`, `se`). Right: the best-fit ridge lambda against
@@ -26,17 +36,12 @@ def plot_spd_depth(spd: pd.DataFrame, fits: pd.DataFrame, path: Path) -> Path:
             ax1.errorbar(tab["L"], tab["spd"], yerr=tab["se"], marker="o", ms=4, capsize=2,
                          color=f"C{k}", label=str(ref))  # fmt: skip
         ax1.set_yscale("log")
-        ax1.set_xlabel("depth L (layers)")
-        ax1.set_ylabel("SPD / d")
-        ax1.set_xticks(sorted(spd["L"].unique()))
-        ax1.legend(frameon=False, fontsize=8)
-        ax1.set_title("trained stack vs reference predictors")
+        _label_axis(ax1, "depth L (layers)", "SPD / d", spd["L"].unique(),
+                    "trained stack vs reference predictors", 8)  # fmt: skip
         f = fits.sort_values("L")
         ax2.semilogy(f["L"], f["best_lambda"], "o-", color="C3")
-        ax2.set_xlabel("depth L (layers)")
-        ax2.set_ylabel("best-fit ridge λ (min SPD)")
-        ax2.set_xticks(sorted(f["L"].unique()))
-        ax2.set_title("GD → ridge → OLS: best-fit λ falls with depth")
+        _label_axis(ax2, "depth L (layers)", "best-fit ridge λ (min SPD)", f["L"].unique(),
+                    "GD → ridge → OLS: best-fit λ falls with depth")  # fmt: skip
         return _save(fig, path)
 
 
@@ -75,11 +80,8 @@ def plot_ridge_construction(tab: pd.DataFrame, path: Path) -> Path:
         ax.semilogy(t["L"], t["bound"], "k--", label="closed-form bound 1/T_L")
         ax.semilogy(t["L"], t["worst_rel_error"], "o-", color="C0", label="worst prompt")
         ax.semilogy(t["L"], t["median_rel_error"], "s-", color="C1", ms=4, label="median prompt")
-        ax.set_xlabel("Richardson steps L (2L layers)")
-        ax.set_ylabel("‖w_L − w_ridge‖ / ‖w_ridge‖")
-        ax.set_xticks(sorted(t["L"].unique()))
-        ax.legend(frameon=False, fontsize=8)
-        ax.set_title("ridge by a deep linear stack")
+        _label_axis(ax, "Richardson steps L (2L layers)", "‖w_L − w_ridge‖ / ‖w_ridge‖",
+                    t["L"].unique(), "ridge by a deep linear stack", 8)  # fmt: skip
         return _save(fig, path)
 
 
@@ -113,15 +115,10 @@ def plot_conventions(runs: pd.DataFrame, path: Path) -> Path:
         opt = runs.groupby("L")["sparse_optimum_risk"].first()
         ax1.plot(opt.index, opt.to_numpy() / 2, "k--", lw=1, label="sparse optimum risk / 2")
         ax1.set_yscale("log")
-        ax1.set_xlabel("depth L (layers)")
-        ax1.set_ylabel("training loss (½ mean sq. error)")
-        ax1.set_xticks(sorted(runs["L"].unique()))
         ax1.legend(frameon=False, fontsize=7, ncol=2)
-        ax1.set_title("full parameters: end points by convention")
+        _label_axis(ax1, "depth L (layers)", "training loss (½ mean sq. error)",
+                    runs["L"].unique(), "full parameters: end points by convention")  # fmt: skip
         ax2.set_yscale("log")
-        ax2.set_xlabel("depth L (layers)")
-        ax2.set_ylabel("‖W‖ (flow end → after polish)")
-        ax2.set_xticks(sorted(runs["L"].unique()))
-        ax2.legend(frameon=False, fontsize=8)
-        ax2.set_title("weights' norm: escaping runs keep growing")
+        _label_axis(ax2, "depth L (layers)", "‖W‖ (flow end → after polish)", runs["L"].unique(),
+                    "weights' norm: escaping runs keep growing", 8)  # fmt: skip
         return _save(fig, path)
