@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import scipy.optimize
+from jaxtyping import Float
 
 import lsa
 from lsa.deep import Convention
@@ -61,7 +62,7 @@ from lsa.deep_empirical import (
 )
 from theory.deep import optimal_step_sizes, step_sizes_risk
 
-__all__ = ["conventions_summary", "conventions_table"]
+__all__ = ["STATUSES", "conventions_summary", "conventions_table", "newton_polish"]
 
 CONVENTIONS: tuple[Convention, ...] = ("ahn", "zfb")
 #: End-point classification (module docstring): a critical point has max |grad| <= GRAD_OK; an
@@ -109,9 +110,10 @@ _flat_hess = jax.jit(
 
 
 def newton_polish(
-    W: np.ndarray, stats: DeepStats, max_steps: int
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Trust-region Newton (scipy `trust-exact`, exact Hessian) on the empirical loss from the
+    W: Float[np.ndarray, "2 L d+1 d+1"], stats: DeepStats, max_steps: int
+) -> tuple[Float[np.ndarray, "2 L d+1 d+1"], dict[str, Any]]:
+    """Trust-region Newton (scipy `trust-exact`, exact Hessian) on the empirical loss [ZFB eq. 3.7
+    with the stack's prediction, Ahn et al. eq. (2) for the masked stack] from the
     stacked weights `W = [W_PV, W_KQ]` (shape (2, L, d+1, d+1)); returns the end point and its
     diagnosis: loss, max |grad|, the Hessian's smallest and largest eigenvalues, the norm, the
     number of Newton steps, scipy's message and the status (module docstring)."""
