@@ -12,8 +12,14 @@ import pandas as pd
 
 import lsa
 from lsa.deep_empirical import deep_empirical_loss, deep_stats
-from simulations.checks.deep_conventions import STATUSES, conventions_table, newton_polish
-from simulations.plots.deep import plot_conventions
+from simulations.checks.deep_conventions import (
+    STATUSES,
+    conventions_table,
+    escape_probe,
+    escape_probes,
+    newton_polish,
+)
+from simulations.plots.deep import plot_conventions, plot_escape
 
 
 def test_polish_reaches_a_minimum_and_rerun_resumes(tmp_path):
@@ -75,3 +81,37 @@ def test_origin_is_a_saddle():
         _, info = newton_polish(np.zeros((2, 2, 3, 3)), _stats(3, conv), 0)
         assert info["grad"] == 0.0 and info["eig_min"] < 0 < info["eig_max"]
         assert info["status"] == "saddle"
+
+
+def test_escape_probe_follows_the_run(tmp_path):
+    """The probe starts where `conventions_table`'s flow ends (same training set and start: equal
+    flow losses) and records Newton steps whose loss never rises (a trust-region method accepts
+    only steps that lower it)."""
+    lsa.set_precision("float64")
+    key = jax.random.PRNGKey(5)
+    table, _ = conventions_table(
+        2, 6, 200, (1,), 1, key, tmp_path / "runs.csv", n_test=500, flow_steps=300,
+        polish_steps=5, log=lambda s: None,
+    )  # fmt: skip
+    probe = escape_probe(2, 6, 200, 1, "zfb", 0, key, flow_steps=300, newton_steps=40, every=4)
+    run = table[table["convention"] == "zfb"].iloc[0]
+    assert abs(probe["loss"].iloc[0] - run["loss_flow"]) <= 1e-12 * run["loss_flow"]
+    assert (np.diff(probe["newton_step"]) == 4).all() and probe["newton_step"].iloc[0] == 0
+    assert (np.diff(probe["loss"]) <= 1e-15).all()
+    assert {"norm_PV_1", "norm_KQ_1"} <= set(probe.columns)
+
+
+def test_escape_probes_resume_and_plot(tmp_path):
+    """`escape_probes` writes one B at a time and a rerun skips the B it finds (nothing redone:
+    no log line, same table); the figure draws from the table."""
+    lsa.set_precision("float64")
+    key, csv = jax.random.PRNGKey(6), tmp_path / "probe.csv"
+    plan = ((100, 6, 3), (150, 6, 3))
+    lines: list[str] = []
+    first = escape_probes(csv, key, plan[:1], log=lines.append)
+    both = escape_probes(csv, key, plan, log=lines.append)
+    assert len(lines) == 2 and set(both["B"]) == {100, 150}
+    pd.testing.assert_frame_equal(both[both["B"] == 100].reset_index(drop=True), first)
+    again = escape_probes(csv, key, plan, log=lines.append)
+    assert len(lines) == 2 and len(again) == len(both) == 6
+    assert plot_escape(again, tmp_path / "escape.png").stat().st_size > 0

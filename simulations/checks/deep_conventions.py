@@ -62,7 +62,15 @@ from lsa.deep_empirical import (
 )
 from theory.deep import optimal_step_sizes, step_sizes_risk
 
-__all__ = ["STATUSES", "conventions_summary", "conventions_table", "newton_polish"]
+__all__ = [
+    "ESCAPE_PLAN",
+    "STATUSES",
+    "conventions_summary",
+    "conventions_table",
+    "escape_probe",
+    "escape_probes",
+    "newton_polish",
+]
 
 CONVENTIONS: tuple[Convention, ...] = ("ahn", "zfb")
 #: End-point classification (module docstring): a critical point has max |grad| <= GRAD_OK; an
@@ -110,13 +118,17 @@ _flat_hess = jax.jit(
 
 
 def newton_polish(
-    W: Float[np.ndarray, "2 L d+1 d+1"], stats: DeepStats, max_steps: int
+    W: Float[np.ndarray, "2 L d+1 d+1"],
+    stats: DeepStats,
+    max_steps: int,
+    callback: Callable[[np.ndarray], None] | None = None,
 ) -> tuple[Float[np.ndarray, "2 L d+1 d+1"], dict[str, Any]]:
     """Trust-region Newton (scipy `trust-exact`, exact Hessian) on the empirical loss [ZFB eq. 3.7
     with the stack's prediction, Ahn et al. eq. (2) for the masked stack] from the
     stacked weights `W = [W_PV, W_KQ]` (shape (2, L, d+1, d+1)); returns the end point and its
     diagnosis: loss, max |grad|, the Hessian's smallest and largest eigenvalues, the norm, the
-    number of Newton steps, scipy's message and the status (module docstring)."""
+    number of Newton steps, scipy's message and the status (module docstring). `callback` is
+    called with the flat weights after every Newton step."""
     shape = W.shape
 
     def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
@@ -129,7 +141,7 @@ def newton_polish(
     loss0 = fg(W.ravel())[0]
     res = scipy.optimize.minimize(
         fg, W.ravel(), jac=True, hess=hess, method="trust-exact",
-        options={"gtol": 1e-13, "maxiter": max_steps},
+        options={"gtol": 1e-13, "maxiter": max_steps}, callback=callback,
     )  # fmt: skip
     loss, g = fg(res.x)
     H = hess(res.x)
@@ -149,6 +161,17 @@ def newton_polish(
         "status": status,
     }  # fmt: skip
     return res.x.reshape(shape), info
+
+
+def _training_set(d: int, n: int, B: int, key: jax.Array) -> Any:
+    return lsa.PromptDistribution(np.eye(d)).sample(jax.random.fold_in(key, 0), B, n)
+
+
+def _start(d: int, L: int, s: int, key: jax.Array) -> np.ndarray:
+    """Start s at depth L: all entries 0.1 N(0, 1), key `fold_in(key, 100 L + s)`."""
+    return 0.1 * np.asarray(
+        jax.random.normal(jax.random.fold_in(key, 100 * L + s), (2, L, d + 1, d + 1))
+    )
 
 
 def _stats(P: Any, convention: Convention) -> DeepStats:
@@ -174,7 +197,7 @@ def conventions_table(
     `fold_in(key, 100 L + s)`."""
     lsa.require_x64("simulations.checks.deep_conventions")
     dist = lsa.PromptDistribution(np.eye(d))
-    train = dist.sample(jax.random.fold_in(key, 0), B, n)
+    train = _training_set(d, n, B, key)
     test = dist.sample(jax.random.fold_in(key, 1), n_test, n)
     y_test = np.asarray(test.y_q)
     done = pd.read_csv(csv) if csv.exists() else pd.DataFrame()
@@ -185,9 +208,7 @@ def conventions_table(
         a_star = optimal_step_sizes(d, n, L)
         sparse_risk = step_sizes_risk(a_star, d, n)
         for s in range(n_starts):
-            W0 = 0.1 * np.asarray(
-                jax.random.normal(jax.random.fold_in(key, 100 * L + s), (2, L, d + 1, d + 1))
-            )
+            W0 = _start(d, L, s, key)
             for conv in CONVENTIONS:
                 if (L, conv, s) in have:
                     continue
@@ -252,3 +273,86 @@ def conventions_summary(table: pd.DataFrame, csv: Path, y_test: np.ndarray) -> p
                 row["spd_between_conventions"] = float(diff.mean())
                 row["spd_se"] = float(diff.std(ddof=1) / np.sqrt(diff.size))
     return pd.DataFrame(rows)
+
+
+def escape_probe(
+    d: int,
+    n: int,
+    B: int,
+    L: int,
+    convention: Convention,
+    start: int,
+    key: jax.Array,
+    *,
+    flow_steps: int = 20_000,
+    newton_steps: int = 1000,
+    every: int = 100,
+) -> pd.DataFrame:
+    """Follow one run of `conventions_table` (same training set of B prompts, same start) past its
+    polish: the flow, then `newton_steps` trust-region Newton steps, recording every `every`
+    steps the loss, max |grad| and each layer's ||W_PV|| and ||W_KQ||. An "escaping" run shows the
+    loss still falling while some layer's norms grow (docs/deep.md: at L = 2 "zfb" start 1 the
+    first layer grows at B = 2000, 8000 and 32000)."""
+    lsa.require_x64("simulations.checks.deep_conventions.escape_probe")
+    st = _stats(_training_set(d, n, B, key), convention)
+    W0 = _start(d, L, start, key)
+    sol = _flow({"W_PV": jnp.asarray(W0[0]), "W_KQ": jnp.asarray(W0[1])}, st, max_steps=flow_steps)
+    Wf = np.stack([np.asarray(sol.ys["W_PV"][-1]), np.asarray(sol.ys["W_KQ"][-1])])
+    rows: list[dict[str, Any]] = []
+
+    def record(x: np.ndarray, step: int) -> None:
+        W = x.reshape(Wf.shape)
+        loss, g = _flat_vg(jnp.asarray(x), Wf.shape, st)
+        norms = np.linalg.norm(W, axis=(2, 3))  # (2, L)
+        rows.append({
+            "newton_step": step, "loss": float(loss), "grad": float(jnp.max(jnp.abs(g))),
+            **{f"norm_PV_{ell + 1}": float(norms[0, ell]) for ell in range(L)},
+            **{f"norm_KQ_{ell + 1}": float(norms[1, ell]) for ell in range(L)},
+        })  # fmt: skip
+
+    record(Wf.ravel(), 0)
+    count = [0]
+
+    def callback(x: np.ndarray) -> None:
+        count[0] += 1
+        if count[0] % every == 0:
+            record(x, count[0])
+
+    newton_polish(Wf, st, newton_steps, callback)
+    return pd.DataFrame(rows).assign(B=B, L=L, convention=convention, start=start)
+
+
+#: The probes docs/deep.md quotes: L = 2 "zfb" start 1 of `conventions_table` (d = 2, n = 8) on
+#: training sets of B prompts, as (B, Newton steps, record every).
+ESCAPE_PLAN: tuple[tuple[int, int, int], ...] = ((2000, 3500, 250), (8000, 1000, 100),
+                                                 (32000, 800, 100))  # fmt: skip
+
+
+def escape_probes(
+    csv: Path,
+    key: jax.Array,
+    plan: Sequence[tuple[int, int, int]] = ESCAPE_PLAN,
+    *,
+    d: int = 2,
+    n: int = 8,
+    L: int = 2,
+    convention: Convention = "zfb",
+    start: int = 1,
+    log: Callable[[str], None] = print,
+) -> pd.DataFrame:
+    """`escape_probe` for each (B, Newton steps, every) of `plan`, appended to `csv` one B at a
+    time; a rerun skips the B it finds (resume without redoing work). Returns the whole table."""
+    done = pd.read_csv(csv) if csv.exists() else pd.DataFrame()
+    have = set(done["B"].astype(int)) if len(done) else set()
+    for B, steps, every in plan:
+        if B in have:
+            continue
+        t0 = time.perf_counter()
+        probe = escape_probe(d, n, B, L, convention, start, key, newton_steps=steps, every=every)
+        probe.to_csv(csv, mode="a", header=not csv.exists(), index=False)
+        first, last = probe.iloc[0], probe.iloc[-1]
+        log(f"    B = {B}: loss {first['loss']:.6g} -> {last['loss']:.6g} in "
+            f"{int(last['newton_step'])} Newton steps, first layer's ||W_PV|| "
+            f"{first['norm_PV_1']:.3g} -> {last['norm_PV_1']:.3g}, max |grad| "
+            f"{last['grad']:.2g}, {time.perf_counter() - t0:.0f} s")  # fmt: skip
+    return pd.read_csv(csv)

@@ -17,6 +17,12 @@ About an hour on two cores.
 `--l3-flows` adds check d10 (`simulations.checks.deep_flows.check_l3_matrix_flows`): the exact
 matrix-step flow at L = 3 (d = 2, N = 6, two starts; order-6 mixed moments, 3-6 minutes per
 flow), rows in `deep/matrix_flows_l3.csv` as each finishes (a rerun resumes).
+
+`--escape-probe` follows the unmasked ("zfb") L = 2 stack's start 1 past the flow with
+trust-region Newton steps on training sets of B = 2000, 8000 and 32000 prompts
+(`simulations.checks.deep_conventions.escape_probes`): each layer's norms and the loss every
+100-250 steps in `deep/escape_probe.csv` (one B at a time; a rerun resumes) and the figure
+`deep_escape.png`. About half an hour on two cores.
 """
 
 from __future__ import annotations
@@ -48,6 +54,11 @@ def add_parser(sub: Any) -> None:
         "--l3-flows",
         action="store_true",
         help="also run check d10: L = 3 matrix-step flows on the exact risk (~10 min)",
+    )
+    p.add_argument(
+        "--escape-probe",
+        action="store_true",
+        help="also follow the unmasked L = 2 stack's escape at B = 2000, 8000, 32000 (~30 min)",
     )
     p.set_defaults(func=run)
 
@@ -92,6 +103,17 @@ def run(args: argparse.Namespace) -> int:
         for rec in summary.itertuples(index=False):
             cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in rec]
             conv_lines.append("| " + " | ".join(cells) + " |")
+    if args.escape_probe:
+        import jax
+
+        from ..checks.deep_conventions import escape_probes
+        from ..plots.deep import plot_escape
+
+        print("  escape probe: unmasked L = 2, start 1, Newton steps past the flow:")
+        probe = escape_probes(out / "deep" / "escape_probe.csv",
+                              jax.random.PRNGKey(setting.seed + 1000))  # fmt: skip
+        figures.append(plot_escape(probe, out / "deep_escape.png"))
+        tables["escape_probe"] = probe.to_dict(orient="records")
     seconds = time.perf_counter() - t0
     print(format_table(checks))
     n_fail = sum(not c.passed for c in checks)

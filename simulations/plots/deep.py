@@ -122,3 +122,29 @@ def plot_conventions(runs: pd.DataFrame, path: Path) -> Path:
         _label_axis(ax2, "depth L (layers)", "‖W‖ (flow end → after polish)", runs["L"].unique(),
                     "weights' norm: escaping runs keep growing", 8)  # fmt: skip
         return _save(fig, path)
+
+
+def plot_escape(probe: pd.DataFrame, path: Path) -> Path:
+    """The escaping probe (`escape_probes`' table: columns `B`, `newton_step`, `loss`,
+    `norm_PV_1`, `norm_PV_2`): left, each layer's ||W_PV|| against the Newton step, one colour
+    per training-set size B (solid first layer, dashed second); right, the training loss against
+    the first layer's norm, which keeps falling as the norm grows (no finite minimiser nearby)."""
+    with matplotlib.rc_context(STYLE):
+        fig, (ax1, ax2) = _subplots(1, 2, figsize=(10, 3.8))
+        for k, (B, tab) in enumerate(probe.groupby("B", sort=True)):
+            tab = tab.sort_values("newton_step")
+            ax1.plot(tab["newton_step"], tab["norm_PV_1"], "-", color=f"C{k}",
+                     label=f"B = {B}: layer 1")  # fmt: skip
+            ax1.plot(tab["newton_step"], tab["norm_PV_2"], "--", color=f"C{k}",
+                     label=f"B = {B}: layer 2")  # fmt: skip
+            ax2.plot(tab["norm_PV_1"], tab["loss"], "o-", ms=3, color=f"C{k}", label=f"B = {B}")
+        ax1.set_xlabel("Newton step (after the flow)")
+        ax1.set_ylabel("‖W_PV‖ per layer")
+        ax1.set_title("unmasked L = 2: the first layer grows")
+        ax1.legend(frameon=False, fontsize=7, ncol=2)
+        ax2.set_xscale("log")
+        ax2.set_xlabel("first layer's ‖W_PV‖")
+        ax2.set_ylabel("training loss (½ mean sq. error)")
+        ax2.set_title("the loss keeps falling as it grows")
+        ax2.legend(frameon=False, fontsize=8)
+        return _save(fig, path)
