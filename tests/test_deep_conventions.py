@@ -2,7 +2,7 @@
 at critical points whose classification is checked independently (a point labelled "minimum" is
 not lowered by random perturbations of any direction; the origin, where the prediction is
 bilinear in the weights, is a saddle), and a rerun resumes from the CSV without recomputing
-(rows and saved predictions reused)."""
+(rows and saved weights reused; the weights reproduce the recorded loss)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from simulations.checks.deep_conventions import (
     escape_probe,
     escape_probes,
     newton_polish,
+    run_weights,
 )
 from simulations.plots.deep import plot_conventions, plot_escape
 
@@ -39,6 +40,12 @@ def test_polish_reaches_a_minimum_and_rerun_resumes(tmp_path):
         set(summary["convention"]) == {"ahn", "zfb"}
         and summary["spd_between_conventions"].notna().all()
     )
+    # the saved weights give back the recorded training loss (documented key: fold_in(key, 0))
+    train = lsa.PromptDistribution(np.eye(2)).sample(jax.random.fold_in(key, 0), 300, 6)
+    for r in table.itertuples():
+        W = run_weights(r._asdict())
+        st = deep_stats(train.X, train.y, train.x_q, train.y_q, r.convention)
+        assert abs(float(deep_empirical_loss(W[0], W[1], st)) - r.loss) <= 1e-13 * r.loss
     mtime = csv.stat().st_mtime_ns
     logs: list[str] = []
     _, summary2 = conventions_table(*args, **kw, log=logs.append)

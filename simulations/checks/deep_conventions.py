@@ -31,16 +31,18 @@ the sparse-family optimum's exact risk (`theory.deep.step_sizes_risk` at
 `optimal_step_sizes`) for reference, and the mean squared difference (SPD) between the two
 conventions' predictions on the same test prompts, for the best start of each.
 
-Rows are appended to a CSV as they finish; a rerun skips the (L, convention, start) rows it
-finds (resume without redoing work).
+Rows are appended to a CSV as they finish, each with its polished weights (column `weights`,
+JSON); a rerun skips the (L, convention, start) rows it finds (resume without redoing work) and
+recomputes the best stacks' test predictions from the saved weights.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import diffrax
 import equinox as eqx
@@ -70,6 +72,7 @@ __all__ = [
     "escape_probe",
     "escape_probes",
     "newton_polish",
+    "run_weights",
 ]
 
 CONVENTIONS: tuple[Convention, ...] = ("ahn", "zfb")
@@ -230,8 +233,8 @@ def conventions_table(
                     "test_median": float(np.median(e2)),
                     "sparse_optimum_risk": float(sparse_risk),
                     "wall_s": time.perf_counter() - t0,
+                    "weights": json.dumps(Wp.ravel().tolist()),
                 }  # fmt: skip
-                np.save(csv.with_name(f"{csv.stem}_pred_L{L}_{conv}_{s}.npy"), pred)
                 pd.DataFrame([row]).to_csv(csv, mode="a", header=not csv.exists(), index=False)
                 log(f"    L = {L} {conv} start {s}: loss {row['loss']:.6g} (flow "
                     f"{row['loss_flow']:.6g}), |grad| {row['grad']:.1e}, {info['status']}, "
@@ -239,22 +242,33 @@ def conventions_table(
                     f"{row['test_risk']:.4f} ± {row['test_se']:.4f}, "
                     f"{row['wall_s']:.1f} s")  # fmt: skip
     table = pd.read_csv(csv)
-    return table, conventions_summary(table, csv, y_test)
+    return table, conventions_summary(table, test)
 
 
-def conventions_summary(table: pd.DataFrame, csv: Path, y_test: np.ndarray) -> pd.DataFrame:
+def run_weights(row: Any) -> Float[np.ndarray, "2 L d+1 d+1"]:
+    """The polished weights `[W_PV, W_KQ]` of one row of `conventions_table`'s CSV (column
+    `weights`: JSON, round-trip exact)."""
+    d = int(row["d"])
+    return np.asarray(json.loads(row["weights"]), dtype=np.float64).reshape(
+        2, int(row["L"]), d + 1, d + 1
+    )
+
+
+def conventions_summary(table: pd.DataFrame, test: Any) -> pd.DataFrame:
     """Per (L, convention): the best start (lowest training loss), how many starts reach it
     (loss within 1e-8 relative), how the starts ended (`STATUSES`), the best start's status,
     norm, test risk and median squared error, and the SPD between the two conventions' best
-    stacks on the same test prompts."""
+    stacks on the same test prompts `test` (their predictions recomputed from the saved
+    weights)."""
     rows = []
     for L, tab in table.groupby("L"):
         best = {}
         for conv, t in tab.groupby("convention"):
             i = t["loss"].idxmin()
             r = t.loc[i]
-            name = f"{csv.stem}_pred_L{L}_{conv}_{int(r['start'])}.npy"
-            best[conv] = np.load(csv.with_name(name))
+            W = run_weights(r)
+            st = _stats(test, cast(Convention, conv))
+            best[conv] = np.asarray(deep_stats_predict(W[0], W[1], st))
             rows.append({
                 "L": int(L), "convention": conv, "best_loss": float(r["loss"]),
                 "starts_at_best": int((np.abs(t["loss"] - r["loss"]) <= 1e-8 * r["loss"]).sum()),

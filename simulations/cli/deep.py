@@ -22,7 +22,7 @@ flow), rows in `deep/matrix_flows_l3.csv` as each finishes (a rerun resumes).
 trust-region Newton steps on training sets of B = 2000, 8000 and 32000 prompts
 (`simulations.checks.deep_conventions.escape_probes`): each layer's norms and the loss every
 100-250 steps in `deep/escape_probe.csv` (one B at a time; a rerun resumes) and the figure
-`deep_escape.png`. About half an hour on two cores.
+`deep_escape.png`. About 40 minutes on two cores (B = 32000: 25).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--escape-probe",
         action="store_true",
-        help="also follow the unmasked L = 2 stack's escape at B = 2000, 8000, 32000 (~30 min)",
+        help="also follow the unmasked L = 2 stack's escape at B = 2000, 8000, 32000 (~40 min)",
     )
     p.set_defaults(func=run)
 
