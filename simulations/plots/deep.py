@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
@@ -119,6 +120,9 @@ def plot_conventions(runs: pd.DataFrame, path: Path) -> Path:
         _label_axis(ax1, "depth L (layers)", "training loss (½ mean sq. error)",
                     runs["L"].unique(), "full parameters: end points by convention")  # fmt: skip
         ax2.set_yscale("log")
+        ax2.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax2.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax2.set_yticks([1.5, 2, 3, 5, 10, 20, 30])
         _label_axis(ax2, "depth L (layers)", "‖W‖ (flow end → after polish)", runs["L"].unique(),
                     "weights' norm: escaping runs keep growing", 8)  # fmt: skip
         return _save(fig, path)
@@ -143,7 +147,10 @@ def plot_escape(probe: pd.DataFrame, path: Path) -> Path:
         ax1.set_title("unmasked L = 2: the first layer grows")
         ax1.legend(frameon=False, fontsize=7, ncol=2)
         ax2.set_xscale("log")
-        ax2.set_xlabel("first layer's ‖W_PV‖")
+        ax2.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax2.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax2.set_xticks([1.5, 2, 3, 4, 6, 8, 12])
+        ax2.set_xlabel("first layer's ‖W_PV‖ (log scale)")
         ax2.set_ylabel("training loss (½ mean sq. error)")
         ax2.set_title("the loss keeps falling as it grows")
         ax2.legend(frameon=False, fontsize=8)
