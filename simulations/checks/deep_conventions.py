@@ -107,6 +107,14 @@ def _flow(p0, stats, *, max_steps):  # type: ignore[no-untyped-def]
     )  # fmt: skip
 
 
+def _flow_end(W0: np.ndarray, stats: DeepStats, flow_steps: int) -> tuple[Any, np.ndarray]:
+    """The flow from the stacked start `W0 = [W_PV, W_KQ]`: diffrax's solution and its end point,
+    stacked the same way."""
+    sol = _flow({"W_PV": jnp.asarray(W0[0]), "W_KQ": jnp.asarray(W0[1])}, stats,
+                max_steps=flow_steps)  # fmt: skip
+    return sol, np.stack([np.asarray(sol.ys["W_PV"][-1]), np.asarray(sol.ys["W_KQ"][-1])])
+
+
 def _flat_value_and_grad(x: jax.Array, shape: tuple[int, ...], stats: DeepStats):  # type: ignore[no-untyped-def]
     W = x.reshape(shape)
     loss, (gP, gK) = deep_empirical_value_and_grad(W[0], W[1], stats)
@@ -217,10 +225,8 @@ def conventions_table(
                     continue
                 t0 = time.perf_counter()
                 st = _stats(train, conv)
-                p0 = {"W_PV": jnp.asarray(W0[0]), "W_KQ": jnp.asarray(W0[1])}
-                sol = _flow(p0, st, max_steps=flow_steps)
+                sol, Wf = _flow_end(W0, st, flow_steps)
                 pf = {k: v[-1] for k, v in sol.ys.items()}
-                Wf = np.stack([np.asarray(pf["W_PV"]), np.asarray(pf["W_KQ"])])
                 Wp, info = newton_polish(Wf, st, polish_steps)
                 pred = np.asarray(deep_stats_predict(Wp[0], Wp[1], _stats(test, conv)))
                 e2 = (pred - y_test) ** 2
@@ -310,8 +316,7 @@ def escape_probe(
     lsa.require_x64("simulations.checks.deep_conventions.escape_probe")
     st = _stats(_training_set(d, n, B, key), convention)
     W0 = _start(d, L, start, key)
-    sol = _flow({"W_PV": jnp.asarray(W0[0]), "W_KQ": jnp.asarray(W0[1])}, st, max_steps=flow_steps)
-    Wf = np.stack([np.asarray(sol.ys["W_PV"][-1]), np.asarray(sol.ys["W_KQ"][-1])])
+    _, Wf = _flow_end(W0, st, flow_steps)
     rows: list[dict[str, Any]] = []
 
     def record(x: np.ndarray, step: int) -> None:
