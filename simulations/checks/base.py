@@ -1,13 +1,18 @@
-"""What every check suite returns: `CheckResult`, one checked statement."""
+"""What every check suite returns: `CheckResult`, one checked statement; and the resumable
+result tables of the long checks (`finished_keys`, `append_rows`): rows appended to a CSV as
+they finish, a rerun skipping the keys it finds."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-__all__ = ["CheckResult", "rel_error"]
+__all__ = ["CheckResult", "append_rows", "finished_keys", "rel_error"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,3 +46,16 @@ def rel_error(a: Any, b: Any) -> float:
     """`||a - b||_F / ||b||_F`."""
     a, b = np.asarray(a), np.asarray(b)
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def finished_keys(csv: Path, columns: Sequence[str]) -> set[tuple[Any, ...]]:
+    """The `columns` tuples of the rows already in `csv` (empty when it does not exist yet)."""
+    if not csv.exists():
+        return set()
+    done = pd.read_csv(csv)
+    return set(done[list(columns)].itertuples(index=False, name=None))
+
+
+def append_rows(csv: Path, rows: pd.DataFrame) -> None:
+    """Append `rows` to `csv`, writing the header only when the file is new."""
+    rows.to_csv(csv, mode="a", header=not csv.exists(), index=False)

@@ -64,6 +64,8 @@ from lsa.deep_empirical import (
 )
 from theory.deep import optimal_step_sizes, step_sizes_risk
 
+from .base import append_rows, finished_keys
+
 __all__ = [
     "ESCAPE_PLAN",
     "STATUSES",
@@ -211,10 +213,7 @@ def conventions_table(
     train = _training_set(d, n, B, key)
     test = dist.sample(jax.random.fold_in(key, 1), n_test, n)
     y_test = np.asarray(test.y_q)
-    done = pd.read_csv(csv) if csv.exists() else pd.DataFrame()
-    have = set()
-    if len(done):
-        have = {(int(r.L), str(r.convention), int(r.start)) for r in done.itertuples()}
+    have = finished_keys(csv, ("L", "convention", "start"))
     for L in depths:
         a_star = optimal_step_sizes(d, n, L)
         sparse_risk = step_sizes_risk(a_star, d, n)
@@ -241,7 +240,7 @@ def conventions_table(
                     "wall_s": time.perf_counter() - t0,
                     "weights": json.dumps(Wp.ravel().tolist()),
                 }  # fmt: skip
-                pd.DataFrame([row]).to_csv(csv, mode="a", header=not csv.exists(), index=False)
+                append_rows(csv, pd.DataFrame([row]))
                 log(f"    L = {L} {conv} start {s}: loss {row['loss']:.6g} (flow "
                     f"{row['loss_flow']:.6g}), |grad| {row['grad']:.1e}, {info['status']}, "
                     f"norm {row['norm_flow']:.3g} -> {row['norm']:.3g}, test risk "
@@ -361,14 +360,13 @@ def escape_probes(
 ) -> pd.DataFrame:
     """`escape_probe` for each (B, Newton steps, every) of `plan`, appended to `csv` one B at a
     time; a rerun skips the B it finds (resume without redoing work). Returns the whole table."""
-    done = pd.read_csv(csv) if csv.exists() else pd.DataFrame()
-    have = set(done["B"].astype(int)) if len(done) else set()
+    have = finished_keys(csv, ("B",))
     for B, steps, every in plan:
-        if B in have:
+        if (B,) in have:
             continue
         t0 = time.perf_counter()
         probe = escape_probe(d, n, B, L, convention, start, key, newton_steps=steps, every=every)
-        probe.to_csv(csv, mode="a", header=not csv.exists(), index=False)
+        append_rows(csv, probe)
         first, last = probe.iloc[0], probe.iloc[-1]
         log(f"    B = {B}: loss {first['loss']:.6g} -> {last['loss']:.6g} in "
             f"{int(last['newton_step'])} Newton steps, first layer's ||W_PV|| "

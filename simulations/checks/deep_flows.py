@@ -47,7 +47,7 @@ from theory.deep_constructions import chebyshev_ridge_bound
 
 from ..icl.montecarlo import mc_means
 from ..plots.deep import plot_ridge_construction
-from .base import CheckResult
+from .base import CheckResult, append_rows, finished_keys
 
 __all__ = ["check_l3_matrix_flows", "run_flow_checks"]
 
@@ -148,14 +148,13 @@ def check_l3_matrix_flows(
     random starts `0.05 N(0, 1)` (numpy generator `[seed, 10, start]`) ends at a*_l I to 1e-8 with
     a positive definite Hessian. Each start's row is appended to `csv` as it finishes; a rerun
     skips the starts it finds there (resume)."""
-    done = pd.read_csv(csv) if csv.exists() else pd.DataFrame()
-    have = set(done["start"].astype(int)) if len(done) else set()
+    have = finished_keys(csv, ("start",))
     for s in range(n_starts):
-        if s in have:
+        if (s,) in have:
             continue
         A0 = 0.05 * np.random.default_rng([seed, 10, s]).standard_normal((3, L3_D, L3_D))
         row = {"start": s, **_flow_row(3, A0, L3_N, None, None, np.eye(L3_D))}
-        pd.DataFrame([row]).to_csv(csv, mode="a", header=not csv.exists(), index=False)
+        append_rows(csv, pd.DataFrame([row]))
         log(f"    d10 start {s}: distance {row['distance']:.2e}, lambda_min(H) "
             f"{row['hessian_min_eig']:.3g}, {row['steps']} steps, "
             f"{row['wall_s']:.0f} s")  # fmt: skip
